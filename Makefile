@@ -1,0 +1,29 @@
+# `make serve` and `make test` work on a fresh clone: they build .venv first.
+PYTHON ?= python3
+VENV := .venv
+STAMP := $(VENV)/.installed
+
+.PHONY: venv serve test bench clean
+
+venv: $(STAMP)
+
+# Reinstalls when pyproject.toml changes. torch first, pinned, so that pip keeps
+# the CPU build instead of resolving a CUDA one for the project's requirement.
+$(STAMP): pyproject.toml
+	test -x $(VENV)/bin/python || $(PYTHON) -m venv $(VENV)
+	$(VENV)/bin/python -m pip install torch==2.13.0
+	$(VENV)/bin/python -m pip install -e '.[test]'
+	touch $@
+
+serve: venv
+	$(VENV)/bin/dip serve
+
+test: venv
+	$(VENV)/bin/python -m pytest -q
+
+bench: venv
+	$(VENV)/bin/python benchmarks/quality.py
+
+clean:
+	rm -rf $(VENV) build *.egg-info .pytest_cache
+	find . -name __pycache__ -type d -prune -exec rm -rf {} +

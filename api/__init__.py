@@ -1,0 +1,1 @@
+"""The REST job API (FastAPI). Never imports torch: jobs go to workers by task name."""

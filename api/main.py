@@ -1,0 +1,46 @@
+"""The FastAPI application: ``uvicorn --factory api.main:create_app``."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI
+
+import dip_engine
+from api.config import Settings, get_settings
+from api.errors import install_error_handlers
+from api.queue import JobQueue
+from api.routes import events, health, jobs, results
+from api.store import JobStore
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    """Build the app for ``settings`` (default: from the ``DIP_*`` environment)."""
+    settings = settings or get_settings()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        if not settings.redis_url:
+            raise RuntimeError("DIP_REDIS_URL is not set: the API needs the Redis that the workers use "
+                               "(`dip serve` starts one and sets it)")
+        settings.results_dir.mkdir(parents=True, exist_ok=True)
+        app.state.store = JobStore.from_url(settings.redis_url, retention_s=settings.retention_s)
+        app.state.queue = JobQueue.from_settings(settings)
+        try:
+            yield
+        finally:
+            app.state.queue.close()
+            await app.state.store.aclose()
+
+    app = FastAPI(
+        title="Deep Image Prior restoration service",
+        version=dip_engine.__version__,
+        summary="Upload an image, follow the optimisation, download the restored PNG.",
+        lifespan=lifespan,
+    )
+    app.state.settings = settings
+    install_error_handlers(app)
+    for module in (jobs, results, events, health):
+        app.include_router(module.router)
+    return app

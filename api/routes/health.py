@@ -1,0 +1,38 @@
+"""Liveness, readiness and Prometheus metrics."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Response
+
+from api import metrics
+from api.deps import StoreDep
+from api.errors import ApiError
+from api.schemas import ErrorBody
+
+router = APIRouter(tags=["health"])
+
+# A worker beats every 5 s; three missed beats and it no longer counts.
+WORKER_MAX_AGE_S = 15.0
+
+
+@router.get("/healthz", summary="The API process is up")
+async def healthz() -> dict[str, str]:
+    return {"status": "ok"}
+
+
+@router.get("/readyz", summary="Ready to run jobs: Redis answers and a worker is alive",
+            responses={503: {"model": ErrorBody, "description": "Redis unreachable or no live worker."}})
+async def readyz(store: StoreDep) -> dict[str, str | int]:
+    await store.ping()
+    workers = await store.live_workers(max_age_s=WORKER_MAX_AGE_S)
+    if workers == 0:
+        raise ApiError(503, "no_worker", f"no worker has sent a heartbeat in the last {WORKER_MAX_AGE_S:.0f} s",
+                       headers={"Retry-After": "5"})
+    return {"status": "ready", "workers": workers}
+
+
+@router.get("/metrics", summary="Prometheus metrics", response_class=Response,
+            responses={200: {"content": {metrics.CONTENT_TYPE: {}}, "description": "Text exposition format."}})
+async def get_metrics(store: StoreDep) -> Response:
+    stats = await store.stats(worker_max_age_s=WORKER_MAX_AGE_S)
+    return Response(metrics.render(stats), media_type=metrics.CONTENT_TYPE)

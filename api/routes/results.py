@@ -1,0 +1,81 @@
+"""What a job produced: its logged history and its files."""
+
+from __future__ import annotations
+
+import csv
+import io
+from typing import Annotated, Literal
+
+from fastapi import APIRouter, Header, Query, Response
+from fastapi.responses import FileResponse
+
+from api.deps import JobDep, SettingsDep, StoreDep
+from api.errors import ApiError
+from api.layout import FILE_NAME, job_dir
+from api.schemas import ErrorBody, HistoryPoint
+
+router = APIRouter(prefix="/v1/jobs", tags=["results"])
+
+_NOT_FOUND = {404: {"model": ErrorBody, "description": "No such job or file."}}
+_CSV_COLUMNS = list(HistoryPoint.model_fields)
+
+
+@router.get(
+    "/{job_id}/history",
+    summary="Logged points of the optimisation",
+    response_model=list[HistoryPoint],
+    responses={**_NOT_FOUND, 200: {"content": {"text/csv": {}}, "description": "JSON list, or CSV with ?format=csv."}},
+)
+async def get_history(
+    job: JobDep,
+    store: StoreDep,
+    format: Annotated[Literal["json", "csv"], Query(description="json (default) or csv.")] = "json",
+) -> Response | list[HistoryPoint]:
+    """Every point logged so far (each `log_every` iterations): loss, PSNR, SSIM, time."""
+    points = [HistoryPoint.model_validate(point) for point in await store.history(job.id)]
+    if format == "json":
+        return points
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=_CSV_COLUMNS, lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(point.model_dump() for point in points)
+    return Response(buffer.getvalue(), media_type="text/csv",
+                    headers={"Content-Disposition": f'attachment; filename="{job.id}-history.csv"'})
+
+
+@router.get(
+    "/{job_id}/files/{name}",
+    summary="Download an input or output file",
+    response_class=FileResponse,
+    responses={**_NOT_FOUND, 200: {"content": {"image/png": {}, "application/json": {}},
+                                   "description": "The file."},
+               304: {"description": "Unchanged since the ETag given in If-None-Match."}},
+)
+async def get_file(
+    job: JobDep,
+    name: str,
+    settings: SettingsDep,
+    if_none_match: Annotated[str | None, Header()] = None,
+) -> Response:
+    """`name` is one listed in the job's `inputs`/`outputs`: `input.png`, `mask.png`,
+    `reference.png`, `result.png`, `best.png`, `curves.png`, `metrics.json`, `snapshot_00050.png`."""
+    relative = job.files.get(name) if FILE_NAME.fullmatch(name) else None
+    if relative is None:
+        raise ApiError(404, "not_found", f"job {job.id} has no file {name!r}")
+    root = job_dir(settings.results_dir, job.id).resolve()
+    path = (root / relative).resolve()
+    if not path.is_relative_to(root) or not path.is_file():
+        raise ApiError(404, "not_found", f"job {job.id} has no file {name!r} (any more)")
+    stat = path.stat()
+    etag = f'"{stat.st_mtime_ns:x}-{stat.st_size:x}"'
+    headers = {"ETag": etag, "Cache-Control": "no-cache"}
+    if if_none_match is not None and _etag_matches(if_none_match, etag):
+        return Response(status_code=304, headers=headers)
+    return FileResponse(path, stat_result=stat, headers=headers, filename=f"{job.id}-{name}",
+                        content_disposition_type="inline")
+
+
+def _etag_matches(header: str, etag: str) -> bool:
+    """RFC 9110 weak comparison against an If-None-Match list."""
+    candidates = [tag.strip().removeprefix("W/") for tag in header.split(",")]
+    return "*" in candidates or etag in candidates

@@ -1,0 +1,216 @@
+"""Request and response bodies of the job API."""
+
+from __future__ import annotations
+
+from datetime import datetime, timezone
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
+
+from api.layout import snapshot_order
+from api.store import JobRecord, JobStatus
+from dip_engine.spec import SCALES, EarlyStopMode, PresetName, RestoreSpec, TaskName
+
+__all__ = [
+    "ErrorBody", "ErrorInfo", "HistoryPoint", "JobError", "JobCreate", "JobInputs", "JobLinks", "JobList",
+    "JobOutputs", "JobPublic", "JobStatus", "Metrics", "Progress",
+]
+
+_MAX_SEED = 2**32 - 1
+
+
+class JobCreate(BaseModel):
+    """Parameters of a restoration job: the form fields of ``POST /v1/jobs``.
+
+    Unset optional values take the preset's value. Validate with
+    ``JobCreate.model_validate(fields, context={"max_iterations": n})`` to
+    enforce the server's iteration cap.
+    """
+
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+
+    task: TaskName = Field(description="What to restore: denoise, superres or inpaint.")
+    scale: int = Field(4, description="Super-resolution factor: 2, 4 or 8.",
+                       json_schema_extra={"enum": list(SCALES)})
+    from_hr: bool = Field(False, description="superres: the image is high-resolution; downsample it "
+                                             "by `scale` first and score the result against it.")
+    add_noise_sigma: float | None = Field(None, gt=0, le=255, description="denoise: add Gaussian noise "
+                                          "of this sigma (0-255 scale) and score against the clean image.")
+    drop_fraction: float | None = Field(None, gt=0, lt=1, description="inpaint: drop this fraction of "
+                                        "pixels at random (seeded) instead of uploading a mask.")
+    preset: PresetName = Field("fast", description="Hyperparameter preset.")
+    iterations: int | None = Field(None, ge=1, description="Optimisation steps (server maximum applies).")
+    log_every: int | None = Field(None, ge=1, description="Iterations between history points.")
+    snapshot_every: int | None = Field(None, ge=1, description="Iterations between snapshot PNGs.")
+    early_stop: EarlyStopMode | None = Field(None, description="auto: stop when the output stops "
+                                             "improving (ES-WMV); off: run every iteration.")
+    seed: int = Field(0, ge=0, le=_MAX_SEED, description="Random seed (input noise, dropped pixels).")
+
+    @field_validator("scale")
+    @classmethod
+    def _check_scale(cls, value: int) -> int:
+        if value not in SCALES:
+            raise ValueError(f"scale must be one of {', '.join(map(str, SCALES))}, got {value}")
+        return value
+
+    @field_validator("iterations")
+    @classmethod
+    def _check_iteration_cap(cls, value: int | None, info: ValidationInfo) -> int | None:
+        cap = (info.context or {}).get("max_iterations")
+        if value is not None and cap is not None and value > cap:
+            raise ValueError(f"iterations must be at most {cap} on this server, got {value}")
+        return value
+
+    def to_spec(self, *, device: str = "auto") -> RestoreSpec:
+        return RestoreSpec(**self.model_dump(), device=device)  # type: ignore[arg-type]
+
+
+class Progress(BaseModel):
+    iteration: int = Field(description="Iterations done so far.")
+    total: int = Field(description="Iterations the run will do at most.")
+    fraction: float = Field(description="iteration / total, in [0, 1].")
+    iterations_per_second: float | None = None
+    eta_seconds: float | None = Field(None, description="Time left at the current speed.")
+    elapsed_s: float | None = Field(None, description="Seconds spent optimising.")
+
+    @classmethod
+    def of(cls, iteration: int, total: int, *, iterations_per_second: float | None = None,
+           elapsed_s: float | None = None) -> Progress:
+        eta = (total - iteration) / iterations_per_second if iterations_per_second else None
+        return cls(iteration=iteration, total=total, fraction=min(1.0, iteration / total) if total else 0.0,
+                   iterations_per_second=iterations_per_second, eta_seconds=eta, elapsed_s=elapsed_s)
+
+
+class Metrics(BaseModel):
+    loss: float | None = Field(None, description="Latest data-fit loss.")
+    psnr: float | None = Field(None, description="Latest PSNR (dB) against the reference, if any.")
+    psnr_degraded: float | None = Field(None, description="PSNR of A(output) against the measurement.")
+    ssim: float | None = None
+    psnr_best: float | None = Field(None, description="Best PSNR so far (needs a reference).")
+    psnr_output: float | None = Field(None, description="PSNR of the final result (needs a reference).")
+    best_iteration: int | None = None
+    early_stop_iteration: int | None = Field(None, description="Where early stopping fired.")
+
+
+class JobError(BaseModel):
+    """Why a job failed."""
+
+    code: str = Field(description="Stable machine-readable code: invalid_image, worker_lost, "
+                                  "time_limit, internal_error...")
+    message: str = Field(description="What went wrong.")
+
+
+class ErrorInfo(BaseModel):
+    code: str = Field(description="Stable machine-readable code, e.g. invalid_image, not_found.")
+    message: str = Field(description="What is wrong, naming the bad value.")
+    details: list[dict[str, Any]] | None = Field(None, description="Per-field problems, when several.")
+
+
+class ErrorBody(BaseModel):
+    """Every 4xx/5xx answer: ``{"error": {"code", "message"}}``."""
+
+    error: ErrorInfo
+
+
+class JobInputs(BaseModel):
+    image: str | None = None
+    mask: str | None = None
+    reference: str | None = None
+
+
+class JobOutputs(BaseModel):
+    result: str | None = Field(None, description="The restored image (PNG).")
+    best: str | None = Field(None, description="The best iterate by PSNR, or the early-stop output.")
+    last: str | None = Field(None, description="The last iterate.")
+    degraded: str | None = Field(None, description="The measurement made from a clean input "
+                                 "(add_noise_sigma, from_hr, drop_fraction), for comparison.")
+    curves: str | None = Field(None, description="Loss/PSNR curves (PNG).")
+    metrics: str | None = Field(None, description="metrics.json written by the engine.")
+    snapshots: list[str] = Field(default_factory=list, description="Snapshot PNGs, oldest first.")
+
+
+class JobLinks(BaseModel):
+    self: str
+    history: str
+    events: str
+    cancel: str
+
+
+class JobPublic(BaseModel):
+    """A job as clients see it. URLs are absolute."""
+
+    id: str
+    task: TaskName
+    params: JobCreate
+    status: JobStatus
+    created_at: datetime
+    started_at: datetime | None = None
+    finished_at: datetime | None = None
+    queue_position: int | None = Field(None, description="While queued: 1 = next to start.")
+    attempts: int = Field(0, description="Times a worker has started this job.")
+    cancel_requested: bool = False
+    progress: Progress | None = None
+    metrics: Metrics | None = None
+    inputs: JobInputs
+    outputs: JobOutputs
+    error: JobError | None = None
+    links: JobLinks
+
+    @classmethod
+    def from_record(cls, record: JobRecord, *, job_url: str) -> JobPublic:
+        """Present ``record``; ``job_url`` is the job's own absolute URL."""
+        files = {name: f"{job_url}/files/{name}" for name in record.files}
+
+        def first(prefix: str) -> str | None:
+            return next((url for name, url in files.items() if name.startswith(prefix)), None)
+
+        progress = None
+        if record.iteration is not None and record.total:
+            progress = Progress.of(record.iteration, record.total,
+                                   iterations_per_second=record.iterations_per_second,
+                                   elapsed_s=record.elapsed_s)
+        metrics = Metrics(**{name: getattr(record, name) for name in Metrics.model_fields})
+        return cls(
+            id=record.id,
+            task=record.task,  # type: ignore[arg-type]
+            params=JobCreate.model_validate(record.params),
+            status=record.status,
+            created_at=_time(record.created_at),
+            started_at=_time(record.started_at),
+            finished_at=_time(record.finished_at),
+            queue_position=record.queue_position if record.status is JobStatus.queued else None,
+            attempts=record.attempts,
+            cancel_requested=record.cancel_requested,
+            progress=progress,
+            metrics=None if metrics == Metrics() else metrics,
+            inputs=JobInputs(image=first("input."), mask=first("mask."), reference=first("reference.")),
+            outputs=JobOutputs(result=first("result."), best=first("best."), last=first("last."),
+                               degraded=first("degraded."), curves=first("curves."), metrics=first("metrics."),
+                               snapshots=[files[name] for name in sorted(
+                                   (n for n in files if n.startswith("snapshot_")), key=snapshot_order)]),
+            error=JobError(code=record.error_code, message=record.error_message or "")
+            if record.error_code else None,
+            links=JobLinks(self=job_url, history=f"{job_url}/history", events=f"{job_url}/events",
+                           cancel=f"{job_url}/cancel"),
+        )
+
+
+class JobList(BaseModel):
+    items: list[JobPublic]
+    next_cursor: str | None = Field(None, description="Pass as `cursor` for the next (older) page.")
+
+
+class HistoryPoint(BaseModel):
+    """One logged point of the optimisation."""
+
+    iteration: int
+    loss: float | None = Field(None, description="None if it was not finite (a diverging run).")
+    psnr: float | None = None
+    psnr_avg: float | None = None
+    psnr_degraded: float | None = None
+    ssim: float | None = None
+    elapsed_s: float | None = None
+
+
+def _time(value: float | None) -> datetime | None:
+    return None if value is None else datetime.fromtimestamp(value, tz=timezone.utc)

@@ -1,0 +1,15 @@
+"""Job records in Redis: the one place that reads or writes them.
+
+:class:`JobStore` (asyncio) serves the API, :class:`WorkerStore` (blocking)
+the worker processes; both run the same atomic scripts over the same keys.
+"""
+
+from .jobs import InvalidCursor, JobStore, StoreStats
+from .keys import Keys
+from .records import EventType, JobEvent, JobRecord, JobStatus
+from .worker import Claim, ClaimOutcome, RunState, WorkerStore
+
+__all__ = [
+    "Claim", "ClaimOutcome", "EventType", "InvalidCursor", "JobEvent", "JobRecord", "JobStatus",
+    "JobStore", "Keys", "RunState", "StoreStats", "WorkerStore",
+]

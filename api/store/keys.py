@@ -1,0 +1,69 @@
+"""Every Redis key name the service uses, in one place.
+
+Per job: ``<p>:job:<id>`` (hash: the record), ``<p>:job:<id>:files`` (hash:
+public file name -> path in the job directory), ``<p>:job:<id>:history``
+(list of JSON log points) and ``<p>:job:<id>:events`` (stream). They all
+expire together after the retention period.
+
+Shared: ``<p>:jobs`` and ``<p>:jobs:<status>`` (sorted sets of job ids scored
+by creation time, for listing and queue positions), ``<p>:idem:<key>``
+(idempotency key -> job id), ``<p>:workers`` (sorted set of worker names
+scored by their last heartbeat) and ``<p>:stats:durations`` (hash of job
+duration histogram counters).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from .records import JobStatus
+
+
+@dataclass(frozen=True)
+class Keys:
+    """Key names under one prefix (tests and several deployments can share a Redis)."""
+
+    prefix: str = "dip"
+
+    def job(self, job_id: str) -> str:
+        return f"{self.prefix}:job:{job_id}"
+
+    def files(self, job_id: str) -> str:
+        return f"{self.prefix}:job:{job_id}:files"
+
+    def history(self, job_id: str) -> str:
+        return f"{self.prefix}:job:{job_id}:history"
+
+    def events(self, job_id: str) -> str:
+        return f"{self.prefix}:job:{job_id}:events"
+
+    def per_job(self, job_id: str) -> list[str]:
+        """The four keys of one job, in the order every job script expects them."""
+        return [self.job(job_id), self.files(job_id), self.history(job_id), self.events(job_id)]
+
+    @property
+    def all_jobs(self) -> str:
+        return f"{self.prefix}:jobs"
+
+    def by_status(self, status: JobStatus) -> str:
+        return f"{self.prefix}:jobs:{status.value}"
+
+    @property
+    def status_indexes(self) -> list[str]:
+        """One index per status, in ``JobStatus`` order (job scripts find them by position)."""
+        return [self.by_status(status) for status in JobStatus]
+
+    def idempotency(self, owner: str, key: str) -> str:
+        return f"{self.prefix}:idem:{owner}:{key}"
+
+    @property
+    def workers(self) -> str:
+        return f"{self.prefix}:workers"
+
+    @property
+    def durations(self) -> str:
+        return f"{self.prefix}:stats:durations"
+
+    def job_script_keys(self, job_id: str, *extra: str) -> list[str]:
+        """KEYS for a job script: the job's four keys, the status indexes, then ``extra``."""
+        return [*self.per_job(job_id), *self.status_indexes, self.all_jobs, *extra]

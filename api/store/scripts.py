@@ -1,0 +1,246 @@
+"""Lua scripts: every change of a job record is one atomic script.
+
+A status change, the moves between status indexes, the matching event on
+the job's stream and the expiry of its keys happen together or not at all,
+so readers never see a job half-way between two states and two writers
+(API cancelling, worker finishing) cannot interleave.
+
+KEYS layout of every job script (see ``Keys.job_script_keys``): 1-4 the
+job's hash, files hash, history list and event stream; 5-9 the status
+indexes in ``JobStatus`` order; 10 the index of all jobs; 11+ extras.
+ARGV layout: 1 retention in ms, 2 event stream cap, 3 job id, 4+ per script.
+Times come from the Redis server clock (``TIME``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from .records import JobStatus
+
+_STATUS_TABLE = ", ".join(f"{status.value}=KEYS[{5 + i}]" for i, status in enumerate(JobStatus))
+
+_PRELUDE = f"""
+local JOB, FILES, HISTORY, EVENTS, ALL = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[10]
+local INDEX = {{{_STATUS_TABLE}}}
+local TTL_MS, MAXLEN, ID = tonumber(ARGV[1]), ARGV[2], ARGV[3]
+
+local function now()
+  local t = redis.call('TIME')
+  return tonumber(t[1]) + tonumber(t[2]) / 1000000
+end
+
+local function fmt(t) return string.format('%.6f', t) end
+
+local function emit(kind, data)
+  return redis.call('XADD', EVENTS, 'MAXLEN', '~', MAXLEN, '*', 'type', kind, 'data', data)
+end
+
+local function hset_json(key, json)
+  for field, value in pairs(cjson.decode(json)) do redis.call('HSET', key, field, value) end
+end
+
+local function expire_all()
+  for _, key in ipairs({{JOB, FILES, HISTORY, EVENTS}}) do redis.call('PEXPIRE', key, TTL_MS) end
+end
+
+local function move(from, to)
+  local score = redis.call('ZSCORE', ALL, ID)
+  redis.call('ZREM', INDEX[from], ID)
+  redis.call('ZADD', INDEX[to], score, ID)
+  redis.call('HSET', JOB, 'status', to)
+end
+
+-- A terminal state: retention counts from here. error: a table or nil.
+local function finish(from, to, error)
+  move(from, to)
+  redis.call('HSET', JOB, 'finished_at', fmt(now()))
+  if error then redis.call('HSET', JOB, 'error_code', error.code, 'error_message', error.message) end
+  emit('status', cjson.encode({{status=to, error=error}}))
+  expire_all()
+end
+"""
+
+# ARGV 4: fields (JSON object of strings), 5: files (JSON object). KEYS 11: idempotency key (optional).
+# Returns the id of the job that now answers the request (an earlier one on an idempotent retry).
+_CREATE = """
+local idem = KEYS[11]
+if idem then
+  local existing = redis.call('GET', idem)
+  -- JOB is "<prefix>:job:<ID>": the earlier job's key differs only in its id.
+  if existing and redis.call('EXISTS', string.sub(JOB, 1, #JOB - #ID) .. existing) == 1 then
+    return existing
+  end
+end
+if redis.call('EXISTS', JOB) == 1 then return redis.error_reply('job id already in use') end
+local t = now()
+hset_json(JOB, ARGV[4])
+redis.call('HSET', JOB, 'id', ID, 'status', 'queued', 'created_at', fmt(t))
+hset_json(FILES, ARGV[5])
+redis.call('ZADD', ALL, t * 1000, ID)
+redis.call('ZADD', INDEX.queued, t * 1000, ID)
+emit('status', cjson.encode({status='queued'}))
+expire_all()
+if idem then
+  redis.call('SET', idem, ID, 'PX', TTL_MS)
+  redis.call('HSET', JOB, 'idempotency_key', idem)
+end
+return ID
+"""
+
+# Returns "canceled" (was queued), "cancel_requested" (running: the worker stops it),
+# the terminal status it already had, or "missing".
+_CANCEL = """
+local status = redis.call('HGET', JOB, 'status')
+if not status then return 'missing' end
+if status == 'queued' then
+  redis.call('HSET', JOB, 'stop_reason', 'canceled')
+  finish('queued', 'canceled', nil)
+  return 'canceled'
+end
+if status == 'running' then
+  redis.call('HSET', JOB, 'cancel_requested', '1')
+  return 'cancel_requested'
+end
+return status
+"""
+
+# ARGV 4: worker name, 5: attempt cap, 6: message when the cap is passed.
+# Returns {outcome, attempts}: "claimed", "gave_up" (now failed), "missing" or the status it had.
+_CLAIM = """
+local status = redis.call('HGET', JOB, 'status')
+if not status then return {'missing', 0} end
+if status ~= 'queued' and status ~= 'running' then return {status, 0} end
+local attempts = redis.call('HINCRBY', JOB, 'attempts', 1)
+if attempts > tonumber(ARGV[5]) then
+  finish(status, 'failed', {code='worker_lost', message=ARGV[6]})
+  return {'gave_up', attempts}
+end
+local t = fmt(now())
+if status == 'queued' then
+  move('queued', 'running')
+  redis.call('HSET', JOB, 'started_at', t)
+end
+redis.call('HSET', JOB, 'worker', ARGV[4], 'heartbeat_at', t)
+emit('status', cjson.encode({status='running', attempt=attempts}))
+return {'claimed', attempts}
+"""
+
+# ARGV 4: fields (JSON object), 5: progress event data (JSON) or "".
+# Returns 0 if the job is no longer running, 2 if a cancel was requested, else 1.
+_PROGRESS = """
+if redis.call('HGET', JOB, 'status') ~= 'running' then return 0 end
+hset_json(JOB, ARGV[4])
+redis.call('HSET', JOB, 'heartbeat_at', fmt(now()))
+if ARGV[5] ~= '' then emit('progress', ARGV[5]) end
+if redis.call('HGET', JOB, 'cancel_requested') == '1' then return 2 end
+return 1
+"""
+
+# ARGV 4: one history point (JSON). Keys created after submission share the job's expiry.
+_APPEND_HISTORY = """
+local ttl = redis.call('PTTL', JOB)
+if ttl < 0 then return 0 end
+redis.call('RPUSH', HISTORY, ARGV[4])
+redis.call('PEXPIRE', HISTORY, ttl)
+return 1
+"""
+
+# ARGV 4: iteration. Drops points logged after it (a resumed run logs them again).
+_REWIND_HISTORY = """
+local keep = 0
+for i, raw in ipairs(redis.call('LRANGE', HISTORY, 0, -1)) do
+  if cjson.decode(raw).iteration > tonumber(ARGV[4]) then break end
+  keep = i
+end
+if keep == 0 then redis.call('DEL', HISTORY) else redis.call('LTRIM', HISTORY, 0, keep - 1) end
+return keep
+"""
+
+# ARGV 4: files (JSON object), 5: snapshot event data (JSON) or "".
+_ADD_FILES = """
+if redis.call('HGET', JOB, 'status') ~= 'running' then return 0 end
+hset_json(FILES, ARGV[4])
+if ARGV[5] ~= '' then emit('snapshot', ARGV[5]) end
+return 1
+"""
+
+# ARGV 4: final status, 5: fields (JSON object), 6: files (JSON object), 7: error (JSON) or "",
+# 8: duration histogram bounds ("1,5,30"). KEYS 11: the duration statistics hash.
+# Returns "ok", or the status the job had if it was not running (nothing changed).
+_FINISH = """
+local status = redis.call('HGET', JOB, 'status')
+if status ~= 'running' then return status or 'missing' end
+hset_json(JOB, ARGV[5])
+hset_json(FILES, ARGV[6])
+local to = ARGV[4]
+local duration = now() - (tonumber(redis.call('HGET', JOB, 'started_at')) or now())
+for bound in string.gmatch(ARGV[8], '[^,]+') do
+  if duration <= tonumber(bound) then redis.call('HINCRBY', KEYS[11], to .. ':' .. bound, 1) end
+end
+redis.call('HINCRBY', KEYS[11], to .. ':count', 1)
+redis.call('HINCRBYFLOAT', KEYS[11], to .. ':sum', duration)
+local error = nil
+if ARGV[7] ~= '' then error = cjson.decode(ARGV[7]) end
+finish('running', to, error)
+return 'ok'
+"""
+
+# ARGV 4: "1" to delete only if the record has already expired (retention sweep).
+# Returns the status the job had, "missing" (already gone) or "running" (refused).
+_DELETE = """
+local status = redis.call('HGET', JOB, 'status')
+if status == 'running' or (status and ARGV[4] == '1') then return status end
+local idem = redis.call('HGET', JOB, 'idempotency_key')
+if idem and redis.call('GET', idem) == ID then redis.call('DEL', idem) end
+redis.call('DEL', JOB, FILES, HISTORY, EVENTS)
+for _, index in pairs(INDEX) do redis.call('ZREM', index, ID) end
+redis.call('ZREM', ALL, ID)
+return status or 'missing'
+"""
+
+# KEYS 1: workers index. ARGV 1: worker name, 2: forget workers silent for this many seconds.
+_HEARTBEAT = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
+redis.call('ZADD', KEYS[1], now, ARGV[1])
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now - tonumber(ARGV[2]))
+return 1
+"""
+
+# KEYS 1: workers index. ARGV 1: max age of a heartbeat in seconds. Returns the live count.
+_LIVE_WORKERS = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
+return redis.call('ZCOUNT', KEYS[1], now - tonumber(ARGV[1]), '+inf')
+"""
+
+
+@dataclass(frozen=True)
+class Scripts:
+    """The scripts registered on one client (sync or asyncio: both have ``register_script``)."""
+
+    create: Any
+    cancel: Any
+    claim: Any
+    progress: Any
+    append_history: Any
+    rewind_history: Any
+    add_files: Any
+    finish: Any
+    delete: Any
+    heartbeat: Any
+    live_workers: Any
+
+    @classmethod
+    def register(cls, client: Any) -> Scripts:
+        job_script = {
+            "create": _CREATE, "cancel": _CANCEL, "claim": _CLAIM, "progress": _PROGRESS,
+            "append_history": _APPEND_HISTORY, "rewind_history": _REWIND_HISTORY,
+            "add_files": _ADD_FILES, "finish": _FINISH, "delete": _DELETE,
+        }
+        scripts = {name: client.register_script(_PRELUDE + body) for name, body in job_script.items()}
+        scripts["heartbeat"] = client.register_script(_HEARTBEAT)
+        scripts["live_workers"] = client.register_script(_LIVE_WORKERS)
+        return cls(**scripts)

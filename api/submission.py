@@ -1,0 +1,140 @@
+"""Submitting a job: receive the upload, validate it, put it in place, record it, enqueue it.
+
+Nothing is left behind by a refused submission: files are staged under
+``<results_dir>/.staging/<id>/`` and moved into the job directory only once
+valid, and the record is written last (and removed again if the job cannot
+be enqueued).
+"""
+
+from __future__ import annotations
+
+import re
+import shutil
+from pathlib import Path
+from typing import Any
+
+from fastapi import Request
+from starlette.concurrency import run_in_threadpool
+
+from api.config import Settings
+from api.errors import ApiError
+from api.layout import INPUT_FIELDS, STAGING_DIR, input_file_name, job_dir, new_job_id
+from api.queue import JobQueue
+from api.schemas import JobCreate
+from api.store import JobRecord, JobStore
+from api.uploads import receive_form
+from dip_engine.errors import InputError
+from dip_engine.io import ImageInfo, inspect_image
+from dip_engine.validation import check_inputs, validate_spec
+
+IDEMPOTENCY_KEY = re.compile(r"[A-Za-z0-9._:-]{1,128}")
+
+
+async def submit_job(request: Request, *, settings: Settings, store: JobStore, queue: JobQueue,
+                     idempotency_key: str | None, owner: str = "") -> tuple[JobRecord, bool]:
+    """Create and enqueue the job described by the multipart ``request``.
+
+    Returns:
+        The job, and whether it was created by this call (``False``: a retry
+        with a known ``idempotency_key``; the body is then not read).
+
+    Raises:
+        ApiError: 4xx for a refused upload.
+        InputError: An image or parameter the engine would refuse (422).
+        pydantic.ValidationError: Malformed parameters (422).
+    """
+    if idempotency_key is not None:
+        if not IDEMPOTENCY_KEY.fullmatch(idempotency_key):
+            raise ApiError(400, "invalid_idempotency_key",
+                           "Idempotency-Key must be 1-128 characters from A-Z a-z 0-9 . _ : -")
+        existing = await store.find_idempotent(owner, idempotency_key)
+        record = await store.get(existing) if existing else None
+        if record is not None:
+            return record, False
+
+    job_id = new_job_id()
+    staging = settings.results_dir / STAGING_DIR / job_id
+    target = job_dir(settings.results_dir, job_id)
+    staging.mkdir(parents=True)
+    try:
+        upload = await receive_form(
+            request.headers.get("content-type"), request.headers.get("content-length"), request.stream(),
+            staging, file_fields=frozenset(INPUT_FIELDS), max_file_bytes=settings.max_upload_bytes)
+        params = JobCreate.model_validate(upload.fields, context={"max_iterations": settings.max_iterations})
+        files = await run_in_threadpool(place_inputs, params, upload.files, staging, settings=settings)
+        staging.rename(target)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+
+    try:
+        winner = await store.create(job_id, task=params.task, params=params.model_dump(mode="json"),
+                                    files=files, owner=owner, idempotency_key=idempotency_key)
+        if winner == job_id:
+            await run_in_threadpool(queue.enqueue, job_id)
+    except Exception:
+        await store.delete(job_id)
+        shutil.rmtree(target, ignore_errors=True)
+        raise
+    if winner != job_id:  # a concurrent retry with the same key got there first
+        shutil.rmtree(target, ignore_errors=True)
+    record = await store.get(winner)
+    if record is None:
+        raise ApiError(409, "conflict", "the job was deleted while it was being submitted")
+    return record, winner == job_id
+
+
+def place_inputs(params: JobCreate, uploads: dict[str, Path], staging: Path, *,
+                 settings: Settings) -> dict[str, str]:
+    """Check the uploaded images against the request and give them their public names.
+
+    Returns:
+        Public file name -> path relative to the job directory (``{"input.png": "input.png"}``).
+
+    Raises:
+        InputError: Missing image, unreadable/oversized image, wrong mask size...
+    """
+    if "image" not in uploads:
+        raise InputError("invalid_parameter", "image: a file part named 'image' is required")
+    spec = params.to_spec()
+    validate_spec(spec, max_iterations=settings.max_iterations)
+    infos: dict[str, ImageInfo] = {}
+    for field, path in uploads.items():
+        try:
+            infos[field] = inspect_image(
+                path,
+                max_pixels=settings.max_output_pixels if field == "reference" else settings.max_pixels,
+                min_size=1 if field == "mask" else settings.min_size)
+        except InputError as exc:
+            raise InputError(exc.code, exc.message if field == "image" else f"{field}: {exc.message}") from exc
+    check_inputs(spec, infos["image"], mask=infos.get("mask"), reference=infos.get("reference"),
+                 max_output_pixels=settings.max_output_pixels, min_size=settings.min_size)
+    files = {}
+    for field, path in uploads.items():
+        name = input_file_name(field, infos[field].format)
+        path.rename(staging / name)
+        files[name] = name
+    return files
+
+
+def form_openapi() -> dict[str, Any]:
+    """OpenAPI ``requestBody`` of ``POST /v1/jobs`` (the body is parsed by hand, as a stream)."""
+    params = JobCreate.model_json_schema()
+    binary = {"type": "string", "format": "binary"}
+    properties = {
+        "image": {**binary, "description": "The image to restore (PNG, JPEG, ...)."},
+        "mask": {**binary, "description": "inpaint: white = known pixel, black = to fill; same size."},
+        "reference": {**binary, "description": "Clean image the size of the output, to score PSNR against."},
+        **{name: _not_null(field) for name, field in params["properties"].items()},
+    }
+    schema = {"type": "object", "properties": properties, "required": ["image", *params.get("required", [])],
+              "additionalProperties": False}
+    return {"requestBody": {"required": True, "content": {"multipart/form-data": {"schema": schema}}}}
+
+
+def _not_null(field: dict[str, Any]) -> dict[str, Any]:
+    """A form field is absent rather than null: drop the ``null`` branch of optional fields."""
+    branches = [b for b in field.get("anyOf", []) if b.get("type") != "null"]
+    if len(branches) != 1:
+        return field
+    return {**{k: v for k, v in field.items() if k != "anyOf"}, **branches[0]}

@@ -1,0 +1,349 @@
+"""The Deep Image Prior optimisation loop.
+
+``fit`` minimises ``||A(f_θ(z + σ·n_t)) - y||²`` over the weights θ of a
+randomly initialised network, for any forward operator ``A``; it never looks
+at a task name. Around the paper's loop (fixed code ``z``, input jitter, Adam,
+output EMA, backtracking) it adds best-iterate tracking against an optional
+reference, ES-WMV early stopping, snapshots and resumable checkpoints.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from .callbacks import Callback, FitState
+from .checkpoint import load_checkpoint, save_checkpoint
+from .config import FitConfig
+from .early_stopping import EarlyStopping
+from .history import LogRecord
+from .metrics import psnr, ssim
+from .physics import Physics
+
+SnapshotWriter = Callable[[int, Tensor], Path]
+
+
+@dataclass(frozen=True)
+class CheckpointConfig:
+    """Write the whole loop state to ``path`` every ``every`` iterations; resume from it if present."""
+
+    path: Path
+    every: int = 100
+    resume: bool = True
+
+
+@dataclass
+class FitResult:
+    """What a run produced. Output tensors are (1, C, h, w), cropped, on the run's device.
+
+    ``output`` is the run's answer without ground truth: the ES-WMV iterate when
+    early stopping is on, else the last one. ``best`` is the peak-PSNR iterate
+    when a reference was given, else ``output``.
+    """
+
+    output: Tensor
+    last: Tensor
+    best: Tensor
+    history: list[LogRecord]
+    iterations: int
+    stop_reason: str
+    output_iteration: int
+    best_iteration: int | None = None
+    best_psnr: float | None = None
+    best_kind: str | None = None
+    early_stop_iteration: int | None = None
+    backtracks: int = 0
+    elapsed_s: float = 0.0
+    snapshots: list[Path] = field(default_factory=list)
+
+
+class _Backtracker:
+    """Restore the last good weights when PSNR against ``y`` falls by more than ``drop_db``.
+
+    The reference code's remedy for DIP's sudden loss spikes; we also restore
+    Adam's moments, which the spike has filled with huge gradients.
+    """
+
+    def __init__(self, drop_db: float) -> None:
+        self.drop_db = drop_db
+        self.last_psnr: float | None = None
+        self.saved: dict[str, Any] | None = None
+        self.count = 0
+
+    def check(self, psnr_degraded: float, net: nn.Module, optimizer: torch.optim.Optimizer) -> bool:
+        if self.last_psnr is not None and self.saved is not None and (
+            not math.isfinite(psnr_degraded) or psnr_degraded < self.last_psnr - self.drop_db
+        ):
+            net.load_state_dict(self.saved["net"])
+            optimizer.load_state_dict(self.saved["optimizer"])
+            self.count += 1
+            return True
+        self.last_psnr = psnr_degraded
+        self.saved = {
+            "net": {k: v.detach().clone() for k, v in net.state_dict().items()},
+            "optimizer": copy.deepcopy(optimizer.state_dict()),
+        }
+        return False
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"last_psnr": self.last_psnr, "saved": self.saved, "count": self.count}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.last_psnr, self.saved, self.count = state["last_psnr"], state["saved"], state["count"]
+
+
+class _BestTracker:
+    """The highest-PSNR output seen at log points, raw or averaged."""
+
+    def __init__(self) -> None:
+        self.psnr: float | None = None
+        self.iteration: int | None = None
+        self.kind: str | None = None
+        self.output: Tensor | None = None
+
+    def offer(self, iteration: int, value: float, kind: str, output: Tensor) -> None:
+        if math.isfinite(value) and (self.psnr is None or value > self.psnr):
+            self.psnr, self.iteration, self.kind = value, iteration, kind
+            self.output = output.detach().clone()
+
+    def state_dict(self) -> dict[str, Any]:
+        return dict(vars(self))
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        vars(self).update(state)
+
+
+def _validate(net: nn.Module, z: Tensor, y: Tensor, physics: Physics, reference: Tensor | None, crop: tuple[int, int] | None) -> None:
+    if z.dim() != 4 or z.shape[0] != 1:
+        raise ValueError(f"z must be (1, C, H, W), got shape {tuple(z.shape)}")
+    if y.dim() != 4 or y.shape[0] != 1:
+        raise ValueError(f"y must be (1, C, H, W), got shape {tuple(y.shape)}")
+    expected = physics.input_shape(y.shape)
+    if tuple(expected[-2:]) != tuple(z.shape[-2:]):
+        raise ValueError(f"z is {tuple(z.shape[-2:])} but the operator needs outputs of {tuple(expected[-2:])}")
+    if reference is not None and crop is not None and tuple(reference.shape[-2:]) != tuple(crop):
+        raise ValueError(f"reference is {tuple(reference.shape[-2:])} but the cropped output is {tuple(crop)}")
+
+
+def fit(
+    net: nn.Module,
+    z: Tensor,
+    y: Tensor,
+    physics: Physics,
+    *,
+    config: FitConfig,
+    reference: Tensor | None = None,
+    crop: tuple[int, int] | None = None,
+    callbacks: Sequence[Callback] = (),
+    checkpoint: CheckpointConfig | None = None,
+    snapshot: SnapshotWriter | None = None,
+    generator: torch.Generator | None = None,
+) -> FitResult:
+    """Fit ``net`` so that ``physics.A(net(z))`` matches ``y``.
+
+    Args:
+        net: a freshly initialised network mapping ``z`` to an image in [0, 1].
+        z: fixed input code, (1, C_in, H, W), on the run's device.
+        y: the measurement, (1, C, h', w'), same device.
+        physics: the forward operator ``A``.
+        config: loop hyperparameters.
+        reference: optional clean image (1, C, h, w) for PSNR/SSIM and the best iterate.
+        crop: (h, w) of the valid output region; the rest is padding. Default: all of it.
+        callbacks: progress, cancellation and event hooks.
+        checkpoint: where and how often to save the resumable state.
+        snapshot: called with (iteration, output) every ``config.snapshot_every``; returns the file written.
+        generator: random source of the input jitter (on z's device), for reproducibility.
+
+    Returns:
+        A :class:`FitResult`.
+    """
+    _validate(net, z, y, physics, reference, crop)
+    h, w = crop if crop is not None else tuple(z.shape[-2:])
+    device = z.device
+    if generator is None:
+        generator = torch.Generator(device=device)
+        generator.manual_seed(0)
+
+    optimizer = torch.optim.Adam(net.parameters(), lr=config.lr)
+    early = EarlyStopping(config.early_stop) if config.early_stop is not None else None
+    backtracker = _Backtracker(config.backtrack_db) if config.backtrack_db is not None else None
+    best = _BestTracker()
+    history: list[LogRecord] = []
+    snapshots: list[Path] = []
+    ema_sum: Tensor | None = None
+    avg: Tensor | None = None
+    raw: Tensor | None = None
+    start, elapsed_before = 0, 0.0
+
+    if checkpoint is not None and checkpoint.resume and checkpoint.path.exists():
+        saved = load_checkpoint(checkpoint.path, map_location=device)
+        net.load_state_dict(saved["net"])
+        optimizer.load_state_dict(saved["optimizer"])
+        z = saved["z"].to(device)
+        generator.set_state(saved["generator"].cpu())
+        ema_sum, avg, raw = saved["ema_sum"], saved["avg"], saved["raw"]
+        history = [LogRecord.from_dict(r) for r in saved["history"]]
+        best.load_state_dict(saved["best"])
+        if early is not None and saved["early"] is not None:
+            early.load_state_dict(saved["early"])
+        if backtracker is not None and saved["backtracker"] is not None:
+            backtracker.load_state_dict(saved["backtracker"])
+        snapshots = [Path(p) for p in saved["snapshots"]]
+        start, elapsed_before = saved["iteration"], saved["elapsed_s"]
+
+    state = FitState(total=config.iterations, iteration=start, start_iteration=start, elapsed_s=elapsed_before)
+    state.best_iteration, state.best_psnr = best.iteration, best.psnr
+    state.early_stop_iteration = early.detected_iteration if early is not None else None
+    state.last = history[-1] if history else None
+    clock = time.monotonic()
+    measured = physics.measured_fraction
+
+    def elapsed() -> float:
+        return elapsed_before + time.monotonic() - clock
+
+    def selected(raw_out: Tensor, avg_out: Tensor) -> Tensor:
+        return avg_out if config.output == "ema" else raw_out
+
+    def save(iteration: int) -> None:
+        if checkpoint is None:
+            return
+        save_checkpoint(checkpoint.path, {
+            "iteration": iteration,
+            "net": net.state_dict(),
+            "optimizer": optimizer.state_dict(),
+            "z": z,
+            "generator": generator.get_state(),
+            "ema_sum": ema_sum,
+            "avg": avg,
+            "raw": raw,
+            "history": [r.to_dict() for r in history],
+            "best": best.state_dict(),
+            "early": early.state_dict() if early is not None else None,
+            "backtracker": backtracker.state_dict() if backtracker is not None else None,
+            "snapshots": [str(p) for p in snapshots],
+            "elapsed_s": elapsed(),
+        })
+        for cb in callbacks:
+            cb.on_checkpoint(state, checkpoint.path)
+
+    for cb in callbacks:
+        cb.on_fit_start(state)
+    net.train()
+    iteration = start
+    while iteration < config.iterations and state.stop_reason is None:
+        iteration += 1
+        z_in = z
+        if config.reg_noise_std > 0:
+            z_in = z + config.reg_noise_std * torch.randn(z.shape, generator=generator, device=device, dtype=z.dtype)
+        out = net(z_in)
+        loss = torch.mean((physics.A(out) - y) ** 2)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+
+        raw = out.detach()[..., :h, :w]
+        if config.ema == 0:
+            avg = raw
+        else:
+            # Zero-initialised and bias-corrected (as Adam's moments): the reference code seeds
+            # the average with the first, random output, which then dominates short runs.
+            ema_sum = torch.zeros_like(raw) if ema_sum is None else ema_sum
+            ema_sum.mul_(config.ema).add_(raw, alpha=1 - config.ema)
+            avg = ema_sum / (1 - config.ema**iteration)
+        if early is not None:
+            early.update(iteration, avg if early.config.signal == "ema" else raw, selected(raw, avg))
+
+        if backtracker is not None and iteration % config.backtrack_every == 0:
+            loss_value = loss.item()
+            psnr_deg = -10.0 * math.log10(max(loss_value / measured, 1e-12)) if math.isfinite(loss_value) else -math.inf
+            backtracker.check(psnr_deg, net, optimizer)
+
+        state.iteration = iteration
+        if iteration % config.log_every == 0 or iteration == config.iterations:
+            record = _log(iteration, loss, raw, avg, reference, measured, early, elapsed())
+            history.append(record)
+            if reference is not None:
+                best.offer(iteration, record.psnr, "raw", raw)
+                if record.psnr_avg is not None:
+                    best.offer(iteration, record.psnr_avg, "ema", avg)
+            state.last, state.elapsed_s = record, record.elapsed_s
+            state.best_iteration, state.best_psnr = best.iteration, best.psnr
+            if early is not None:
+                state.early_stop_iteration = early.detected_iteration
+                if early.should_stop(iteration):
+                    state.request_stop("early_stop")
+            for cb in callbacks:
+                cb.on_log(state, record)
+        if snapshot is not None and config.snapshot_every and iteration % config.snapshot_every == 0:
+            path = snapshot(iteration, selected(raw, avg))
+            snapshots.append(path)
+            for cb in callbacks:
+                cb.on_snapshot(state, path)
+        for cb in callbacks:
+            cb.on_step(state)
+        if checkpoint is not None and iteration % checkpoint.every == 0 and state.stop_reason is None:
+            save(iteration)
+
+    if raw is None or avg is None:  # stopped before the first step: report the untrained output
+        with torch.no_grad():
+            raw = avg = net(z)[..., :h, :w]
+    if state.stop_reason == "canceled":
+        save(iteration)
+    last = selected(raw, avg)
+    detected = early.detected_iteration if early is not None else None
+    output = early.candidate if early is not None and early.candidate is not None else last
+    state.elapsed_s = elapsed()
+    state.early_stop_iteration = detected
+    for cb in callbacks:
+        cb.on_fit_end(state)
+    return FitResult(
+        output=output,
+        last=last,
+        best=best.output if best.output is not None else output,
+        history=history,
+        iterations=iteration,
+        stop_reason=state.stop_reason or "completed",
+        output_iteration=detected if detected is not None and output is not last else iteration,
+        best_iteration=best.iteration,
+        best_psnr=best.psnr,
+        best_kind=best.kind,
+        early_stop_iteration=detected,
+        backtracks=backtracker.count if backtracker is not None else 0,
+        elapsed_s=state.elapsed_s,
+        snapshots=snapshots,
+    )
+
+
+def _log(
+    iteration: int,
+    loss: Tensor,
+    raw: Tensor,
+    avg: Tensor,
+    reference: Tensor | None,
+    measured: float,
+    early: EarlyStopping | None,
+    elapsed_s: float,
+) -> LogRecord:
+    # One host sync for all the numbers of this point.
+    values = [loss.detach()]
+    if reference is not None:
+        values += [psnr(raw, reference), psnr(avg, reference), ssim(raw, reference)]
+    if early is not None and early.last_variance is not None:
+        values.append(early.last_variance)
+    numbers = torch.stack([v.to(torch.float32).reshape(()) for v in values]).tolist()
+    loss_value = numbers[0]
+    psnr_deg = -10.0 * math.log10(max(loss_value / measured, 1e-12)) if math.isfinite(loss_value) else float("nan")
+    record = dict(iteration=iteration, loss=loss_value, psnr_degraded=psnr_deg, elapsed_s=round(elapsed_s, 3))
+    if reference is not None:
+        record.update(psnr=numbers[1], psnr_avg=numbers[2], ssim=numbers[3])
+    if early is not None and early.last_variance is not None:
+        record["variance"] = numbers[-1]
+    return LogRecord(**record)

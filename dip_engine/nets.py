@@ -1,0 +1,340 @@
+"""Generator networks for Deep Image Prior, built by name.
+
+``skip`` is the hourglass with skip connections of Ulyanov et al. (reference
+code: ``models/skip.py`` and ``models/common.py`` of
+DmitryUlyanov/deep-image-prior), rebuilt module for module so that parameter
+counts and behaviour match the paper. ``unet`` is a small U-Net for fast CPU
+runs. Build either with :func:`get_net`::
+
+    net = get_net("skip", in_channels=32, out_channels=3)
+    net.size_multiple  # 32: input height and width must be multiples of it
+
+Batch normalisation never keeps running statistics: DIP fits one image, in a
+batch of one, and evaluation must compute exactly what training computes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from types import MappingProxyType
+from typing import Literal, get_args
+
+import torch
+from torch import Tensor, nn
+
+__all__ = [
+    "Concat",
+    "NETS",
+    "PadMode",
+    "SkipNet",
+    "UNet",
+    "UpsampleMode",
+    "count_parameters",
+    "get_net",
+    "list_nets",
+    "skip",
+    "unet",
+]
+
+UpsampleMode = Literal["bilinear", "nearest"]
+PadMode = Literal["reflection", "zero"]
+
+
+# --------------------------------------------------------------------------- layers
+
+
+def _bn(channels: int) -> nn.BatchNorm2d:
+    return nn.BatchNorm2d(channels, track_running_stats=False)
+
+
+def _act() -> nn.LeakyReLU:
+    return nn.LeakyReLU(0.2, inplace=True)
+
+
+def _conv(in_ch: int, out_ch: int, kernel: int, *, stride: int = 1, pad: PadMode) -> nn.Module:
+    """``kernel``x``kernel`` convolution that keeps the size (up to ``stride``)."""
+    to_pad = (kernel - 1) // 2
+    if pad == "reflection" and to_pad > 0:
+        # Reflection avoids the dark borders that zero padding teaches the net.
+        return nn.Sequential(nn.ReflectionPad2d(to_pad), nn.Conv2d(in_ch, out_ch, kernel, stride))
+    return nn.Conv2d(in_ch, out_ch, kernel, stride, padding=to_pad)
+
+
+def _conv_bn_act(in_ch: int, out_ch: int, kernel: int, *, stride: int = 1,
+                 pad: PadMode) -> list[nn.Module]:
+    return [_conv(in_ch, out_ch, kernel, stride=stride, pad=pad), _bn(out_ch), _act()]
+
+
+def _upsample(mode: UpsampleMode) -> nn.Upsample:
+    return nn.Upsample(scale_factor=2, mode=mode, align_corners=False if mode == "bilinear" else None)
+
+
+def _center_crop_cat(tensors: Sequence[Tensor]) -> Tensor:
+    """Concatenate along channels, centre-cropping all to the smallest H and W."""
+    height = min(t.shape[2] for t in tensors)
+    width = min(t.shape[3] for t in tensors)
+    cropped = []
+    for t in tensors:
+        top = (t.shape[2] - height) // 2
+        left = (t.shape[3] - width) // 2
+        cropped.append(t[:, :, top:top + height, left:left + width])
+    return torch.cat(cropped, dim=1)
+
+
+class Concat(nn.Module):
+    """Runs every branch on the same input and concatenates the results on channels.
+
+    Outputs of different sizes (an odd size halved then doubled) are
+    centre-cropped to the smallest, as in the reference code.
+    """
+
+    def __init__(self, *branches: nn.Module) -> None:
+        super().__init__()
+        self.branches = nn.ModuleList(branches)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return _center_crop_cat([branch(x) for branch in self.branches])
+
+
+# --------------------------------------------------------------------------- validation
+
+
+def _check_positive(name: str, value: int, *, allow_zero: bool = False) -> None:
+    low = 0 if allow_zero else 1
+    if isinstance(value, bool) or not isinstance(value, int) or value < low:
+        raise ValueError(f"{name} must be an int >= {low}, got {value!r}")
+
+
+def _check_channels(name: str, values: Sequence[int], *, allow_zero: bool = False) -> tuple[int, ...]:
+    if isinstance(values, (str, bytes)) or not isinstance(values, Sequence) or len(values) == 0:
+        raise ValueError(f"{name} must be a non-empty sequence of ints, got {values!r}")
+    for v in values:
+        _check_positive(f"{name} entry", v, allow_zero=allow_zero)
+    return tuple(values)
+
+
+def _check_kernel(name: str, value: int) -> None:
+    # An even kernel cannot be padded symmetrically, so H and W would drift.
+    _check_positive(name, value)
+    if value % 2 == 0:
+        raise ValueError(f"{name} must be odd, got {value!r}")
+
+
+def _check_choice(name: str, value: str, choices: tuple[str, ...]) -> None:
+    if value not in choices:
+        raise ValueError(f"{name} must be one of {choices}, got {value!r}")
+
+
+def _check_io(in_channels: int, out_channels: int, upsample_mode: str, pad: str) -> None:
+    _check_positive("in_channels", in_channels)
+    _check_positive("out_channels", out_channels)
+    _check_choice("upsample_mode", upsample_mode, get_args(UpsampleMode))
+    _check_choice("pad", pad, get_args(PadMode))
+
+
+# --------------------------------------------------------------------------- skip
+
+
+class SkipNet(nn.Sequential):
+    """The skip hourglass: a nested ``nn.Sequential`` with a ``size_multiple``."""
+
+    def __init__(self, *modules: nn.Module, size_multiple: int) -> None:
+        super().__init__(*modules)
+        self.size_multiple = size_multiple
+
+
+def skip(
+    in_channels: int = 32,
+    out_channels: int = 3,
+    *,
+    channels_down: Sequence[int] = (128,) * 5,
+    channels_up: Sequence[int] = (128,) * 5,
+    channels_skip: Sequence[int] = (4,) * 5,
+    kernel_down: int = 3,
+    kernel_up: int = 3,
+    kernel_skip: int = 1,
+    upsample_mode: UpsampleMode = "bilinear",
+    pad: PadMode = "reflection",
+    need_sigmoid: bool = True,
+    need1x1_up: bool = True,
+) -> SkipNet:
+    """The Deep Image Prior hourglass with skip connections.
+
+    Level ``i`` maps its input ``x`` to
+    ``up_i(BN(Concat(skip_i(x), upsample(deeper_i(x)))))`` where ``deeper_i``
+    is a stride-2 conv, a conv, and level ``i + 1`` nested inside it; a final
+    1x1 conv (and sigmoid) gives the image. The defaults (32 input channels,
+    5 levels of 128, skips of 4) have 2,217,831 parameters, as in the paper.
+
+    Args:
+        in_channels: Channels of the input code ``z``.
+        out_channels: Channels of the output image.
+        channels_down: Encoder width per level; its length is the depth.
+        channels_up: Decoder width per level (same length).
+        channels_skip: Skip-branch width per level (same length); 0 drops
+            that level's skip branch.
+        kernel_down: Odd kernel size of the encoder convolutions.
+        kernel_up: Odd kernel size of the decoder convolutions.
+        kernel_skip: Odd kernel size of the skip convolutions.
+        upsample_mode: ``"bilinear"`` or ``"nearest"``.
+        pad: ``"reflection"`` or ``"zero"``.
+        need_sigmoid: End with a sigmoid, for images in [0, 1].
+        need1x1_up: Add a 1x1 conv block after each decoder conv.
+
+    Returns:
+        A :class:`SkipNet` whose ``size_multiple`` is ``2 ** depth``.
+
+    Raises:
+        ValueError: On a bad option, naming it and its value.
+    """
+    _check_io(in_channels, out_channels, upsample_mode, pad)
+    down = _check_channels("channels_down", channels_down)
+    up = _check_channels("channels_up", channels_up)
+    skips = _check_channels("channels_skip", channels_skip, allow_zero=True)
+    if not len(down) == len(up) == len(skips):
+        raise ValueError(
+            "channels_down, channels_up and channels_skip must have the same length, got "
+            f"{len(down)}, {len(up)} and {len(skips)} ({down!r}, {up!r}, {skips!r})")
+    for name, kernel in (("kernel_down", kernel_down), ("kernel_up", kernel_up),
+                         ("kernel_skip", kernel_skip)):
+        _check_kernel(name, kernel)
+
+    body = _skip_level(0, in_channels, down, up, skips, kernel_down=kernel_down, kernel_up=kernel_up,
+                       kernel_skip=kernel_skip, upsample_mode=upsample_mode, pad=pad,
+                       need1x1_up=need1x1_up)
+    head: list[nn.Module] = [_conv(up[0], out_channels, 1, pad=pad)]
+    if need_sigmoid:
+        head.append(nn.Sigmoid())
+    return SkipNet(*body, *head, size_multiple=2 ** len(down))
+
+
+def _skip_level(i: int, in_ch: int, down: tuple[int, ...], up: tuple[int, ...],
+                skips: tuple[int, ...], *, kernel_down: int, kernel_up: int, kernel_skip: int,
+                upsample_mode: UpsampleMode, pad: PadMode, need1x1_up: bool) -> list[nn.Module]:
+    """Modules of level ``i`` and, recursively, of every level below it."""
+    deepest = i == len(down) - 1
+    deeper: list[nn.Module] = [
+        *_conv_bn_act(in_ch, down[i], kernel_down, stride=2, pad=pad),
+        *_conv_bn_act(down[i], down[i], kernel_down, pad=pad),
+    ]
+    if not deepest:
+        deeper.append(nn.Sequential(*_skip_level(
+            i + 1, down[i], down, up, skips, kernel_down=kernel_down, kernel_up=kernel_up,
+            kernel_skip=kernel_skip, upsample_mode=upsample_mode, pad=pad, need1x1_up=need1x1_up)))
+    deeper.append(_upsample(upsample_mode))
+    deeper_out = down[i] if deepest else up[i + 1]
+
+    if skips[i]:
+        merged: nn.Module = Concat(nn.Sequential(*_conv_bn_act(in_ch, skips[i], kernel_skip, pad=pad)),
+                                   nn.Sequential(*deeper))
+    else:
+        merged = nn.Sequential(*deeper)
+    layers = [merged, _bn(skips[i] + deeper_out),
+              *_conv_bn_act(skips[i] + deeper_out, up[i], kernel_up, pad=pad)]
+    if need1x1_up:
+        layers += _conv_bn_act(up[i], up[i], 1, pad=pad)
+    return layers
+
+
+# --------------------------------------------------------------------------- unet
+
+
+class UNet(nn.Module):
+    """Encoder-decoder with concatenated skip connections.
+
+    Each encoder level halves the size with a stride-2 conv block; each
+    decoder level upsamples, concatenates the encoder features of that size
+    and applies a conv block.
+    """
+
+    def __init__(self, in_channels: int, out_channels: int, *, channels: tuple[int, ...],
+                 upsample_mode: UpsampleMode, pad: PadMode, need_sigmoid: bool) -> None:
+        super().__init__()
+        self.size_multiple = 2 ** (len(channels) - 1)
+        self.inc = nn.Sequential(*_conv_bn_act(in_channels, channels[0], 3, pad=pad),
+                                 *_conv_bn_act(channels[0], channels[0], 3, pad=pad))
+        self.downs = nn.ModuleList(
+            nn.Sequential(*_conv_bn_act(c_in, c_out, 3, stride=2, pad=pad),
+                          *_conv_bn_act(c_out, c_out, 3, pad=pad))
+            for c_in, c_out in zip(channels[:-1], channels[1:]))
+        self.upsample = _upsample(upsample_mode)
+        self.ups = nn.ModuleList(
+            nn.Sequential(*_conv_bn_act(c_deep + c_skip, c_skip, 3, pad=pad),
+                          *_conv_bn_act(c_skip, c_skip, 3, pad=pad))
+            for c_skip, c_deep in zip(channels[:-1], channels[1:]))
+        head: list[nn.Module] = [_conv(channels[0], out_channels, 1, pad=pad)]
+        if need_sigmoid:
+            head.append(nn.Sigmoid())
+        self.head = nn.Sequential(*head)
+
+    def forward(self, x: Tensor) -> Tensor:
+        features = [self.inc(x)]
+        for down in self.downs:
+            features.append(down(features[-1]))
+        y = features.pop()
+        for up in reversed(self.ups):
+            y = up(_center_crop_cat([features.pop(), self.upsample(y)]))
+        return self.head(y)
+
+
+def unet(
+    in_channels: int = 32,
+    out_channels: int = 3,
+    *,
+    channels: Sequence[int] = (16, 32, 64, 128),
+    upsample_mode: UpsampleMode = "bilinear",
+    pad: PadMode = "reflection",
+    need_sigmoid: bool = True,
+) -> UNet:
+    """A small U-Net, much cheaper than :func:`skip`, for quick CPU runs.
+
+    Args:
+        in_channels: Channels of the input code ``z``.
+        out_channels: Channels of the output image.
+        channels: Width per level, finest first; ``len(channels) - 1``
+            downsamplings.
+        upsample_mode: ``"bilinear"`` or ``"nearest"``.
+        pad: ``"reflection"`` or ``"zero"``.
+        need_sigmoid: End with a sigmoid, for images in [0, 1].
+
+    Returns:
+        A :class:`UNet` whose ``size_multiple`` is ``2 ** (len(channels) - 1)``.
+
+    Raises:
+        ValueError: On a bad option, naming it and its value.
+    """
+    _check_io(in_channels, out_channels, upsample_mode, pad)
+    widths = _check_channels("channels", channels)
+    return UNet(in_channels, out_channels, channels=widths, upsample_mode=upsample_mode, pad=pad,
+                need_sigmoid=need_sigmoid)
+
+
+# --------------------------------------------------------------------------- registry
+
+
+NETS: Mapping[str, Callable[..., nn.Module]] = MappingProxyType({"skip": skip, "unet": unet})
+"""Read-only registry: net name -> builder taking ``(in_channels, out_channels, **options)``."""
+
+
+def list_nets() -> list[str]:
+    """Names accepted by :func:`get_net`, sorted."""
+    return sorted(NETS)
+
+
+def get_net(name: str, **kwargs: object) -> nn.Module:
+    """Build the net registered as ``name`` with the builder's keyword arguments.
+
+    Raises:
+        ValueError: If ``name`` is not registered (the message lists the
+            known names) or an option is bad.
+    """
+    try:
+        builder = NETS[name]
+    except (KeyError, TypeError):
+        raise ValueError(f"unknown net {name!r}; known nets: {', '.join(list_nets())}") from None
+    return builder(**kwargs)
+
+
+def count_parameters(net: nn.Module) -> int:
+    """Number of scalar parameters in ``net`` (trainable or not; buffers excluded)."""
+    return sum(p.numel() for p in net.parameters())

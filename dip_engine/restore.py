@@ -1,0 +1,290 @@
+"""One restoration run from files to files: what the CLI and the worker call.
+
+``restore`` loads the inputs, builds the task's measurement and operator,
+fits the network and writes the named outputs (restoration, best iterate,
+last iterate, curves, metrics.json, snapshots) into ``out_dir``.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import platform
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from . import __version__
+from .callbacks import Callback
+from .config import NetConfig
+from .fit import CheckpointConfig, FitResult, fit
+from .io import pad_to_multiple, save_image
+from .metrics import psnr, ssim
+from .nets import get_net
+from .plots import plot_curves
+from .presets import RunConfig, resolve
+from .problems import Measurement, build_measurement, make_physics
+from .spec import RestoreSpec, curves_filename, result_filename
+from .validation import validate_spec
+
+CHECKPOINT_NAME = "checkpoint.pt"
+
+
+@dataclass(frozen=True)
+class RestoreInputs:
+    """Paths of a run's input files."""
+
+    image: Path
+    mask: Path | None = None
+    reference: Path | None = None
+
+
+@dataclass
+class RestoreResult:
+    """Summary of a finished (or canceled) run and the files it wrote."""
+
+    stop_reason: str
+    iterations: int
+    best_iteration: int | None
+    early_stop_iteration: int | None
+    psnr_best: float | None
+    psnr_output: float | None
+    files: dict[str, Path]
+    snapshots: list[Path] = field(default_factory=list)
+    metrics: dict[str, Any] = field(default_factory=dict)
+
+
+def pick_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError("device 'cuda' was asked for but no CUDA device is available")
+    return torch.device(name)
+
+
+def build_net(config: NetConfig, *, out_channels: int) -> nn.Module:
+    """Instantiate the network a :class:`NetConfig` describes."""
+    in_channels = 2 if config.input == "meshgrid" else config.input_channels
+    if config.name == "skip":
+        return get_net(
+            "skip",
+            in_channels=in_channels,
+            out_channels=out_channels,
+            channels_down=(config.channels,) * config.levels,
+            channels_up=(config.channels,) * config.levels,
+            channels_skip=(config.skip_channels,) * config.levels,
+            upsample_mode=config.upsample_mode,
+        )
+    widths = tuple(min(config.channels, 16 * 2**i) for i in range(config.levels))
+    return get_net(config.name, in_channels=in_channels, out_channels=out_channels, channels=widths, upsample_mode=config.upsample_mode)
+
+
+def make_input(config: NetConfig, height: int, width: int, *, generator: torch.Generator) -> Tensor:
+    """The fixed code ``z``: uniform noise in [0, input_scale), or a 2-channel meshgrid."""
+    if config.input == "meshgrid":
+        ys, xs = torch.meshgrid(torch.linspace(0, 1, height), torch.linspace(0, 1, width), indexing="ij")
+        return torch.stack([xs, ys])[None]
+    return torch.rand((1, config.input_channels, height, width), generator=generator) * config.input_scale
+
+
+def _to_tensor(array: np.ndarray, device: torch.device) -> Tensor:
+    return torch.from_numpy(np.ascontiguousarray(array.transpose(2, 0, 1)))[None].to(device)
+
+
+def _to_array(tensor: Tensor) -> np.ndarray:
+    return tensor.detach()[0].clamp(0, 1).permute(1, 2, 0).cpu().numpy()
+
+
+def _fingerprint(spec: RestoreSpec, run: RunConfig) -> str:
+    return json.dumps({"spec": asdict(spec), "run": asdict(run)}, sort_keys=True, default=str)
+
+
+def _write_json(path: Path, data: dict[str, Any]) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(data, indent=2, default=str))
+    os.replace(tmp, path)
+
+
+def restore(
+    spec: RestoreSpec,
+    inputs: RestoreInputs,
+    out_dir: Path,
+    *,
+    callbacks: Sequence[Callback] = (),
+    checkpoint_every: int | None = None,
+    resume: bool = True,
+    max_pixels: int | None = None,
+    max_iterations: int = 20_000,
+) -> RestoreResult:
+    """Run Deep Image Prior on one input and write its outputs to ``out_dir``.
+
+    Args:
+        spec: what to do.
+        inputs: the image and, when needed, mask and reference files.
+        out_dir: where outputs go (created).
+        callbacks: progress/cancellation hooks; ``state.request_stop("canceled")`` ends
+            the run early and still writes its outputs.
+        checkpoint_every: save a resumable checkpoint every N iterations (``None``: never).
+        resume: continue from ``out_dir/checkpoint.pt`` when it exists and matches this request.
+        max_pixels: refuse larger images.
+        max_iterations: refuse a larger ``spec.iterations``.
+
+    Raises:
+        dip_engine.errors.InputError: unreadable inputs or inconsistent options.
+    """
+    validate_spec(spec, max_iterations=max_iterations)
+    measurement = build_measurement(
+        spec, inputs.image, mask=inputs.mask, reference=inputs.reference, max_pixels=max_pixels
+    )
+    run = resolve(spec, scattered=measurement.scattered_mask or spec.drop_fraction is not None)
+    device = pick_device(spec.device)
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+
+    checkpoint = None
+    if checkpoint_every:
+        checkpoint = CheckpointConfig(out_dir / CHECKPOINT_NAME, every=checkpoint_every, resume=resume)
+        marker = out_dir / "checkpoint.json"
+        fingerprint = _fingerprint(spec, run)
+        if checkpoint.path.exists() and (not resume or not marker.exists() or marker.read_text() != fingerprint):
+            checkpoint.path.unlink()
+        marker.write_text(fingerprint)
+
+    fitted, setup = _run(spec, run, measurement, device, out_dir, callbacks, checkpoint)
+    result = _write_outputs(spec, run, measurement, fitted, setup, out_dir, device)
+    if checkpoint is not None and result.stop_reason != "canceled":
+        checkpoint.path.unlink(missing_ok=True)
+        (out_dir / "checkpoint.json").unlink(missing_ok=True)
+    return result
+
+
+def _run(
+    spec: RestoreSpec,
+    run: RunConfig,
+    measurement: Measurement,
+    device: torch.device,
+    out_dir: Path,
+    callbacks: Sequence[Callback],
+    checkpoint: CheckpointConfig | None,
+) -> tuple[FitResult, dict[str, Any]]:
+    height, width = measurement.output_size
+    factor = height // measurement.y.shape[0]
+    multiple = run.net.size_multiple // math.gcd(run.net.size_multiple, factor)
+    # BatchNorm needs more than one value per channel: keep the deepest level at least 2x2.
+    minimum = -(-2 * run.net.size_multiple // factor)
+    y = pad_to_multiple(measurement.y, multiple, minimum=minimum)
+    mask = None
+    if measurement.mask is not None:
+        mask = torch.from_numpy(pad_to_multiple(measurement.mask, multiple, minimum=minimum).copy())
+    physics = make_physics(spec.task, scale=spec.scale, kernel=run.downsample_kernel, mask=mask).to(device)
+
+    generator = torch.Generator().manual_seed(spec.seed)
+    z = make_input(run.net, y.shape[0] * factor, y.shape[1] * factor, generator=generator).to(device)
+    # Initialise the weights from the request's seed without touching the caller's global RNG.
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(spec.seed)
+        net = build_net(run.net, out_channels=measurement.channels).to(device)
+    jitter = torch.Generator(device=device).manual_seed(spec.seed + 1)
+    reference = _to_tensor(measurement.reference, device) if measurement.reference is not None else None
+
+    def snapshot(iteration: int, output: Tensor) -> Path:
+        return save_image(out_dir / "snapshots" / f"iter_{iteration:05d}.png", _to_array(output), alpha=measurement.alpha)
+
+    started = time.monotonic()
+    fitted = fit(
+        net, z, _to_tensor(y, device), physics,
+        config=run.fit, reference=reference, crop=(height, width), callbacks=callbacks,
+        checkpoint=checkpoint, snapshot=snapshot, generator=jitter,
+    )
+    setup = {
+        "device": str(device),
+        "parameters": sum(p.numel() for p in net.parameters()),
+        "wall_s": time.monotonic() - started,
+        "padded_measurement": list(y.shape[:2]),
+    }
+    return fitted, setup
+
+
+def _psnr(x: Tensor, reference: Tensor | None) -> float | None:
+    return None if reference is None else float(psnr(x, reference))
+
+
+def _write_outputs(
+    spec: RestoreSpec,
+    run: RunConfig,
+    measurement: Measurement,
+    fitted: FitResult,
+    setup: dict[str, Any],
+    out_dir: Path,
+    device: torch.device,
+) -> RestoreResult:
+    alpha = measurement.alpha
+    files = {
+        "result": save_image(out_dir / result_filename(spec.task, spec.scale), _to_array(fitted.output), alpha=alpha),
+        "best": save_image(out_dir / "best.png", _to_array(fitted.best), alpha=alpha),
+        "last": save_image(out_dir / "last.png", _to_array(fitted.last), alpha=alpha),
+    }
+    if measurement.reference is not None and measurement.degraded is not None:
+        files["degraded"] = save_image(out_dir / "degraded.png", measurement.degraded)
+    files["curves"] = plot_curves(
+        fitted.history, out_dir / curves_filename(spec.task, spec.scale),
+        title=f"DIP {spec.task}" + (f" x{spec.scale}" if spec.task == "superres" else ""),
+        best_iteration=fitted.best_iteration, early_stop_iteration=fitted.early_stop_iteration,
+    )
+    reference = _to_tensor(measurement.reference, device) if measurement.reference is not None else None
+    psnr_output = _psnr(fitted.output, reference)
+    psnr_last = _psnr(fitted.last, reference)
+    psnr_input = None
+    if reference is not None and spec.task != "superres":
+        psnr_input = _psnr(_to_tensor(measurement.degraded, device), reference)
+    run_s = fitted.elapsed_s
+    summary = {
+        "task": spec.task,
+        "stop_reason": fitted.stop_reason,
+        "iterations": fitted.iterations,
+        "iteration_cap": run.fit.iterations,
+        "output_iteration": fitted.output_iteration,
+        "best_iteration": fitted.best_iteration,
+        "best_kind": fitted.best_kind,
+        "early_stop_iteration": fitted.early_stop_iteration,
+        "psnr_input": psnr_input,
+        "psnr_best": fitted.best_psnr,
+        "psnr_output": psnr_output,
+        "psnr_last": psnr_last,
+        "ssim_output": None if reference is None else float(ssim(fitted.output, reference)),
+        "detection_gap_db": None if fitted.best_psnr is None or psnr_output is None else fitted.best_psnr - psnr_output,
+        "backtracks": fitted.backtracks,
+        "elapsed_s": round(run_s, 3),
+        "iterations_per_second": round(fitted.iterations / run_s, 3) if run_s > 0 else None,
+    }
+    metrics = {
+        "summary": summary,
+        "spec": asdict(spec),
+        "config": asdict(run),
+        "output_size": list(measurement.output_size),
+        "files": {k: v.name for k, v in files.items()} | {"metrics": "metrics.json"},
+        "snapshots": [p.name for p in fitted.snapshots],
+        "setup": setup,
+        "versions": {"dip_engine": __version__, "torch": torch.__version__, "python": platform.python_version()},
+        "history": [r.to_dict() for r in fitted.history],
+    }
+    files["metrics"] = out_dir / "metrics.json"
+    _write_json(files["metrics"], metrics)
+    return RestoreResult(
+        stop_reason=fitted.stop_reason,
+        iterations=fitted.iterations,
+        best_iteration=fitted.best_iteration,
+        early_stop_iteration=fitted.early_stop_iteration,
+        psnr_best=fitted.best_psnr,
+        psnr_output=psnr_output,
+        files=files,
+        snapshots=fitted.snapshots,
+        metrics=metrics,
+    )

@@ -1,0 +1,177 @@
+"""Tests of dip_engine.nets: the skip hourglass, the U-Net and the registry."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+import torch
+from torch import nn
+
+from dip_engine.nets import NETS, count_parameters, get_net, list_nets, skip, unet
+
+# Small enough that every test runs in milliseconds on CPU.
+TINY = {
+    "skip": dict(channels_down=(8, 8, 8), channels_up=(8, 8, 8), channels_skip=(2, 2, 2)),
+    "unet": dict(channels=(4, 8, 16)),
+}
+
+
+def test_skip_defaults_have_the_paper_parameter_count() -> None:
+    net = skip()
+    assert count_parameters(net) == 2_217_831
+    assert net.size_multiple == 32
+
+
+def test_skip_matches_reference_structure_for_one_level() -> None:
+    # One level, written out by hand from the reference code: skip branch,
+    # down block, upsample, concat, bn, up conv block, 1x1 block, head.
+    net = skip(2, 3, channels_down=(5,), channels_up=(6,), channels_skip=(1,))
+    expected = (
+        (2 * 1 + 1) + 2 * 1              # skip conv1x1 + bn
+        + (9 * 2 * 5 + 5) + 2 * 5        # stride-2 conv + bn
+        + (9 * 5 * 5 + 5) + 2 * 5        # conv + bn
+        + 2 * (1 + 5)                    # bn after concat
+        + (9 * 6 * 6 + 6) + 2 * 6        # up conv + bn
+        + (6 * 6 + 6) + 2 * 6            # 1x1 conv + bn
+        + (6 * 3 + 3)                    # head
+    )
+    assert count_parameters(net) == expected
+    assert isinstance(net[-1], nn.Sigmoid)
+
+
+def test_skip_nests_deeper_levels_inside_the_deeper_branch() -> None:
+    net = skip(4, 3, **TINY["skip"])
+    concats = [m for m in net.modules() if type(m).__name__ == "Concat"]
+    assert len(concats) == 3
+    # Level i+1's Concat is a descendant of level i's deeper branch.
+    outer_deeper = concats[0].branches[1]
+    assert concats[1] in list(outer_deeper.modules())
+    assert concats[2] in list(concats[1].branches[1].modules())
+
+
+def test_batch_norm_keeps_no_running_statistics() -> None:
+    net = skip(4, 3, **TINY["skip"])
+    norms = [m for m in net.modules() if isinstance(m, nn.BatchNorm2d)]
+    assert norms and all(not m.track_running_stats and m.running_mean is None for m in norms)
+
+
+@pytest.mark.parametrize("name", list_nets())
+def test_eval_output_equals_train_output(name: str) -> None:
+    torch.manual_seed(0)
+    net = get_net(name, in_channels=4, out_channels=3, **TINY[name])
+    z = torch.randn(1, 4, 32, 32)
+    train_out = net.train()(z)
+    eval_out = net.eval()(z)
+    torch.testing.assert_close(eval_out, train_out)
+
+
+@pytest.mark.parametrize("name", list_nets())
+@pytest.mark.parametrize("upsample_mode", ["bilinear", "nearest"])
+@pytest.mark.parametrize("pad", ["reflection", "zero"])
+def test_output_shape_and_range(name: str, upsample_mode: str, pad: str) -> None:
+    net = get_net(name, in_channels=4, out_channels=3, upsample_mode=upsample_mode, pad=pad,
+                  **TINY[name])
+    z = torch.randn(1, 4, 2 * net.size_multiple, 3 * net.size_multiple)
+    out = net(z)
+    assert out.shape == (1, 3, 2 * net.size_multiple, 3 * net.size_multiple)
+    assert 0 <= out.min() and out.max() <= 1
+
+
+@pytest.mark.parametrize("name", list_nets())
+def test_sizes_that_are_not_multiples_are_cropped_consistently(name: str) -> None:
+    net = get_net(name, in_channels=4, out_channels=1, need_sigmoid=False, **TINY[name])
+    out = net(torch.randn(1, 4, 30, 21))
+    assert out.shape[:2] == (1, 1) and out.shape[2] <= 30 and out.shape[3] <= 21
+    assert torch.isfinite(out).all()
+
+
+@pytest.mark.parametrize("name", list_nets())
+def test_gradients_reach_every_parameter(name: str) -> None:
+    net = get_net(name, in_channels=4, out_channels=3, **TINY[name])
+    net(torch.randn(1, 4, 32, 32)).square().mean().backward()
+    missing = [n for n, p in net.named_parameters() if p.grad is None or not p.grad.abs().sum() > 0]
+    assert missing == []
+
+
+def test_size_multiple_follows_depth() -> None:
+    assert skip(channels_down=(8,) * 3, channels_up=(8,) * 3, channels_skip=(4,) * 3).size_multiple == 8
+    assert unet().size_multiple == 8
+    assert unet(channels=(8, 16)).size_multiple == 2
+
+
+def test_zero_skip_channels_drop_the_skip_branch() -> None:
+    net = skip(4, 3, channels_down=(8, 8), channels_up=(8, 8), channels_skip=(0, 2))
+    concats = [m for m in net.modules() if type(m).__name__ == "Concat"]
+    assert len(concats) == 1
+    assert net(torch.randn(1, 4, 16, 16)).shape == (1, 3, 16, 16)
+
+
+def test_without_sigmoid_outputs_leave_unit_range() -> None:
+    torch.manual_seed(0)
+    net = unet(4, 3, channels=(4, 8), need_sigmoid=False)
+    out = net(torch.randn(1, 4, 16, 16))
+    assert out.min() < 0 or out.max() > 1
+
+
+def test_unet_forward_is_fast_on_cpu() -> None:
+    net = unet()
+    z = torch.randn(1, 32, 64, 64)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # thread contention on shared CI cores makes more threads slower
+    try:
+        with torch.no_grad():
+            net(z)
+            times = []
+            for _ in range(5):
+                start = time.perf_counter()
+                net(z)
+                times.append(time.perf_counter() - start)
+    finally:
+        torch.set_num_threads(threads)
+    assert sorted(times)[2] < 0.05
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "fragment"),
+    [
+        (dict(channels_down=(8, 8), channels_up=(8,), channels_skip=(4, 4)), "same length"),
+        (dict(channels_down=()), "channels_down must be a non-empty sequence of ints, got ()"),
+        (dict(channels_down=(8, -1), channels_up=(8, 8), channels_skip=(4, 4)),
+         "channels_down entry must be an int >= 1, got -1"),
+        (dict(kernel_down=4), "kernel_down must be odd, got 4"),
+        (dict(upsample_mode="bicubic"), "'bicubic'"),
+        (dict(pad="circular"), "'circular'"),
+        (dict(in_channels=0), "in_channels must be an int >= 1, got 0"),
+    ],
+)
+def test_skip_rejects_bad_options_with_the_value(kwargs: dict, fragment: str) -> None:
+    with pytest.raises(ValueError) as info:
+        skip(**kwargs)
+    assert fragment in str(info.value)
+
+
+def test_unet_rejects_bad_channels() -> None:
+    with pytest.raises(ValueError, match="channels entry must be an int >= 1, got 0"):
+        unet(channels=(8, 0))
+    with pytest.raises(ValueError, match="'abc'"):
+        unet(channels="abc")
+
+
+def test_options_are_keyword_only() -> None:
+    with pytest.raises(TypeError):
+        skip(32, 3, (8,))  # type: ignore[misc]
+
+
+def test_registry() -> None:
+    assert list_nets() == ["skip", "unet"]
+    assert set(NETS) == {"skip", "unet"}
+    with pytest.raises(TypeError):
+        NETS["other"] = skip  # type: ignore[index]
+    net = get_net("unet", in_channels=3, out_channels=1, channels=(4, 8))
+    assert count_parameters(net) == sum(p.numel() for p in net.parameters()) > 0
+
+
+def test_get_net_unknown_name_lists_known_names() -> None:
+    with pytest.raises(ValueError, match=r"unknown net 'resnet'; known nets: skip, unet"):
+        get_net("resnet")

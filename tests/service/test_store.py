@@ -1,0 +1,173 @@
+"""The job store against a real Redis: atomic transitions, listing, retention sweep."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import redis
+
+from api.layout import new_job_id
+from api.store import ClaimOutcome, JobStatus, JobStore, Keys, RunState, WorkerStore
+from worker.maintenance import sweep
+
+STORE_DB = 6
+
+
+@pytest.fixture
+def keys() -> Keys:
+    return Keys(prefix=f"t{uuid.uuid4().hex[:8]}")
+
+
+@pytest.fixture
+def url(redis_server: Any) -> str:
+    return redis_server.url.rsplit("/", 1)[0] + f"/{STORE_DB}"
+
+
+@pytest.fixture
+def worker_store(url: str, keys: Keys) -> Iterator[WorkerStore]:
+    store = WorkerStore.from_url(url, retention_s=3600, keys=keys)
+    yield store
+    for key in store.client.scan_iter(f"{keys.prefix}:*"):
+        store.client.delete(key)
+    store.close()
+
+
+def run(coroutine_factory: Any, url: str, keys: Keys, *, retention_s: int = 3600) -> Any:
+    """Run ``coroutine_factory(api_store)`` with a fresh asyncio store."""
+    async def main() -> Any:
+        store = JobStore.from_url(url, retention_s=retention_s, keys=keys)
+        try:
+            return await coroutine_factory(store)
+        finally:
+            await store.aclose()
+    return asyncio.run(main())
+
+
+def _create(url: str, keys: Keys, count: int = 1, **options: Any) -> list[str]:
+    async def create(store: JobStore) -> list[str]:
+        ids = []
+        for _ in range(count):
+            ids.append(await store.create(new_job_id(), task="denoise", params={"task": "denoise"},
+                                          files={"input.png": "input.png"}, **options))
+        return ids
+    return run(create, url, keys)
+
+
+def test_status_changes_only_from_the_right_states(url: str, keys: Keys, worker_store: WorkerStore) -> None:
+    (job_id,) = _create(url, keys)
+    assert not worker_store.finish(job_id, JobStatus.succeeded)  # not running yet
+    assert worker_store.report(job_id, {"iteration": 1}) is RunState.gone
+
+    claim = worker_store.claim(job_id, worker="w", max_attempts=3)
+    assert claim.outcome is ClaimOutcome.claimed and claim.attempt == 1
+    assert claim.record.status is JobStatus.running and claim.record.started_at is not None
+    assert worker_store.report(job_id, {"iteration": 3, "total": 10}, {"iteration": 3}) is RunState.running
+    assert run(lambda s: s.cancel(job_id), url, keys) == "cancel_requested"
+    assert worker_store.report(job_id) is RunState.cancel_requested
+    assert run(lambda s: s.delete(job_id), url, keys) == "running"  # refused
+
+    assert worker_store.finish(job_id, JobStatus.canceled, files={"result.png": "out/r.png"})
+    assert not worker_store.finish(job_id, JobStatus.succeeded)  # a second ending changes nothing
+    assert worker_store.claim(job_id, worker="w", max_attempts=3).outcome is ClaimOutcome.finished
+    record = worker_store.get(job_id)
+    assert record.status is JobStatus.canceled and record.files["result.png"] == "out/r.png"
+    assert record.finished_at >= record.started_at
+    assert run(lambda s: s.cancel(job_id), url, keys) == "canceled"
+
+    events = run(lambda s: s.read_events(job_id, after="0", block_ms=None), url, keys)
+    assert [(e.type.value, e.data.get("status")) for e in events] == [
+        ("status", "queued"), ("status", "running"), ("progress", None), ("status", "canceled")]
+    indexes = {status: worker_store.client.zscore(keys.by_status(status), job_id) for status in JobStatus}
+    assert [s for s, score in indexes.items() if score is not None] == [JobStatus.canceled]
+
+
+def test_attempt_cap_fails_the_job(url: str, keys: Keys, worker_store: WorkerStore) -> None:
+    (job_id,) = _create(url, keys)
+    outcomes = [worker_store.claim(job_id, worker="w", max_attempts=2).outcome for _ in range(3)]
+    assert outcomes == [ClaimOutcome.claimed, ClaimOutcome.claimed, ClaimOutcome.gave_up]
+    record = worker_store.get(job_id)
+    assert record.status is JobStatus.failed and record.error_code == "worker_lost"
+    assert "2 times" in record.error_message
+
+
+def test_idempotency_key_maps_to_the_first_job(url: str, keys: Keys, worker_store: WorkerStore) -> None:
+    first = _create(url, keys, idempotency_key="k")[0]
+    again = _create(url, keys, idempotency_key="k")[0]
+    other_owner = _create(url, keys, idempotency_key="k", owner="someone-else")[0]
+    assert again == first != other_owner
+    assert worker_store.client.zcard(keys.all_jobs) == 2
+    assert run(lambda s: s.delete(first), url, keys) == "queued"
+    assert run(lambda s: s.find_idempotent("", "k"), url, keys) is None  # the key went with its job
+
+
+def test_queue_positions_and_paged_listing(url: str, keys: Keys, worker_store: WorkerStore) -> None:
+    ids = _create(url, keys, 5)
+    assert [worker_store.get(i).queue_position for i in ids] == [1, 2, 3, 4, 5]
+    worker_store.claim(ids[0], worker="w", max_attempts=3)
+    assert worker_store.get(ids[0]).queue_position is None
+    assert worker_store.get(ids[1]).queue_position == 1
+
+    async def pages(store: JobStore, status: JobStatus | None) -> list[list[str]]:
+        result, cursor = [], None
+        while True:
+            records, cursor = await store.list(status=status, limit=2, cursor=cursor)
+            result.append([r.id for r in records])
+            if cursor is None:
+                return result
+            if len(result) == 2:  # a job submitted between pages does not shift them
+                await store.create(new_job_id(), task="denoise", params={}, files={})
+
+    assert run(lambda s: pages(s, None), url, keys) == [ids[4:2:-1], ids[2:0:-1], ids[:1]]
+    assert run(lambda s: pages(s, JobStatus.running), url, keys) == [[ids[0]]]
+
+
+def test_sweep_deletes_expired_jobs_files_and_orphans(url: str, keys: Keys, tmp_path: Path) -> None:
+    async def create(store: JobStore) -> str:
+        return await store.create(new_job_id(), task="denoise", params={}, files={})
+
+    expired = run(create, url, keys, retention_s=1)
+    kept = run(create, url, keys, retention_s=3600)
+    orphan, staging = new_job_id(), tmp_path / ".staging" / new_job_id()
+    for directory in (tmp_path / expired, tmp_path / kept, tmp_path / orphan, staging):
+        (directory / "out").mkdir(parents=True)
+    client = redis.Redis.from_url(url, decode_responses=True)
+    deadline = time.monotonic() + 5
+    while client.exists(keys.job(expired)):
+        assert time.monotonic() < deadline
+        time.sleep(0.1)
+
+    store = WorkerStore.from_url(url, retention_s=1, keys=keys)
+    assert sweep(store, tmp_path, grace_s=3600).expired_jobs == 1
+    assert not (tmp_path / expired).exists() and (tmp_path / kept).exists()
+    assert (tmp_path / orphan).exists() and staging.exists()  # too recent to be orphans
+    assert client.zscore(keys.all_jobs, expired) is None and client.zscore(keys.all_jobs, kept) is not None
+
+    report = sweep(store, tmp_path, now=time.time() + 7200, grace_s=3600)
+    assert report.orphan_dirs == 2 and not (tmp_path / orphan).exists() and not staging.exists()
+    assert (tmp_path / kept).exists()  # its record is alive
+    store.close()
+    for key in client.scan_iter(f"{keys.prefix}:*"):
+        client.delete(key)
+    client.close()
+
+
+def test_history_rewinds_to_a_checkpoint(url: str, keys: Keys, worker_store: WorkerStore) -> None:
+    (job_id,) = _create(url, keys)
+    for iteration in (5, 10, 15, 20):
+        worker_store.append_history(job_id, {"iteration": iteration, "loss": 1.0})
+    worker_store.rewind_history(job_id, iteration=12)
+    assert [p["iteration"] for p in run(lambda s: s.history(job_id), url, keys)] == [5, 10]
+    assert worker_store.client.pttl(keys.history(job_id)) > 0  # expires with the job
+
+
+def test_options_are_validated(url: str) -> None:
+    with pytest.raises(ValueError, match="retention_s"):
+        WorkerStore.from_url(url, retention_s=0)
+    with pytest.raises(ValueError, match="decode_responses"):
+        WorkerStore(redis.Redis.from_url(url), retention_s=10)
