@@ -8,13 +8,22 @@ from __future__ import annotations
 
 from functools import lru_cache
 from pathlib import Path
+from typing import Annotated, Any
 
-from pydantic import Field
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import Field, ValidationInfo, field_validator, model_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+from api.auth import parse_key_entries
+
+# Read as a JSON list or comma-separated by the validator, not as JSON only.
+KeyList = Annotated[tuple[str, ...], NoDecode]
 
 
 class Settings(BaseSettings):
-    model_config = SettingsConfigDict(env_prefix="DIP_", env_file=".env", extra="ignore")
+    # Inputs are left out of validation errors: they may hold API keys. Our
+    # own messages name the bad value where it is not a secret.
+    model_config = SettingsConfigDict(env_prefix="DIP_", env_file=".env", extra="ignore",
+                                      hide_input_in_errors=True)
 
     redis_url: str | None = Field(
         None, description="Redis to use; unset: `dip serve` starts a private one in var_dir."
@@ -24,11 +33,27 @@ class Settings(BaseSettings):
     host: str = Field("127.0.0.1", description="API bind address.")
     port: int = Field(8000, description="API port.")
 
+    api_keys: KeyList = Field(
+        (), description="API keys (JSON list or comma-separated), each a raw key or sha256:<hex>; "
+                        "kept as digests. None: no authentication, and the API binds to loopback only.")
+    admin_keys: KeyList = Field(
+        (), description="Keys that also see every job and /metrics; same format as api_keys.")
+    allow_open: bool = Field(
+        False, description="Allow binding a non-loopback address with no keys configured (anyone "
+                           "who reaches it can use the API).")
+
     max_upload_bytes: int = Field(20 * 1024 * 1024, description="Largest accepted upload, per file.")
     max_pixels: int = Field(4_000_000, description="Largest input image (width x height).")
     max_output_pixels: int = Field(16_000_000, description="Largest output (super-resolution multiplies).")
     min_size: int = Field(16, description="Smallest accepted width or height.")
     max_iterations: int = Field(20_000, description="Upper bound on a job's iterations.")
+    max_queued: int = Field(1000, ge=1, description="Jobs waiting for a worker, all clients together; "
+                                                    "more submissions get 429.")
+    max_queued_per_client: int = Field(100, ge=1, description="Jobs waiting for a worker per API key; "
+                                                              "more submissions get 429.")
+    max_job_seconds: int | None = Field(
+        None, ge=1, description="Wall-time limit of one run of a job; unset: soft_time_limit_s, "
+                                "the most it may be.")
 
     retention_s: int = Field(7 * 24 * 3600, description="Job records and files are deleted after this.")
     sweep_interval_s: int = Field(3600, description="How often the retention sweep runs.")
@@ -41,6 +66,30 @@ class Settings(BaseSettings):
     device: str = Field("auto", description="Worker device: auto, cpu or cuda.")
     worker_concurrency: int = Field(1, description="Worker processes (one per GPU).")
     queue: str = Field("dip", description="Celery queue name.")
+
+    @field_validator("api_keys", "admin_keys", mode="before")
+    @classmethod
+    def _parse_keys(cls, value: Any, info: ValidationInfo) -> tuple[str, ...]:
+        return parse_key_entries(value, setting=f"DIP_{(info.field_name or '').upper()}")
+
+    @model_validator(mode="after")
+    def _check_job_time_limit(self) -> Settings:
+        if self.max_job_seconds is not None and self.max_job_seconds > self.soft_time_limit_s:
+            # The broker's visibility timeout follows the global limits: a longer
+            # job would be handed to a second worker while still running.
+            raise ValueError(f"max_job_seconds ({self.max_job_seconds}) must be at most "
+                             f"soft_time_limit_s ({self.soft_time_limit_s})")
+        return self
+
+    @property
+    def auth_enabled(self) -> bool:
+        """Whether requests need a key (any API or admin key is configured)."""
+        return bool(self.api_keys or self.admin_keys)
+
+    @property
+    def job_time_limit_s(self) -> int:
+        """Soft wall-time limit of one run of a job."""
+        return self.max_job_seconds or self.soft_time_limit_s
 
     @property
     def visibility_timeout_s(self) -> int:

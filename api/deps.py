@@ -1,16 +1,31 @@
-"""Dependencies of the routes: settings, store, queue and the job named in the path."""
+"""Dependencies of the routes: settings, store, queue, the caller and the job named in the path."""
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Any
 
 from fastapi import Depends, Path, Request
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
+from api.auth import Caller, Unauthorized, authenticate
 from api.config import Settings
-from api.errors import job_not_found
+from api.errors import ApiError, job_not_found
 from api.layout import JOB_ID
 from api.queue import JobQueue
+from api.schemas import ErrorBody
 from api.store import JobRecord, JobStore
+
+AUTH_RESPONSES: dict[int | str, dict[str, Any]] = {
+    401: {"model": ErrorBody, "description": "No API key, or an unknown one (when keys are configured).",
+          "headers": {"WWW-Authenticate": {"schema": {"type": "string"}}}},
+}
+"""OpenAPI answers of every route that needs a key."""
+
+# Only for the OpenAPI document (the docs' "Authorize" button); the header is
+# checked by `authenticate`, which tells a missing key from a malformed one.
+_bearer = HTTPBearer(auto_error=False, scheme_name="ApiKey",
+                     description="An API key from DIP_API_KEYS or DIP_ADMIN_KEYS; "
+                                 "not needed when the service runs without keys.")
 
 
 def _settings(request: Request) -> Settings:
@@ -30,17 +45,45 @@ StoreDep = Annotated[JobStore, Depends(_store)]
 QueueDep = Annotated[JobQueue, Depends(_queue)]
 
 
+async def _caller(
+    request: Request,
+    settings: SettingsDep,
+    _: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
+) -> Caller:
+    try:
+        return authenticate(request.headers.get("authorization"), api_keys=settings.api_keys,
+                            admin_keys=settings.admin_keys)
+    except Unauthorized as exc:
+        raise ApiError(401, "unauthorized", str(exc), headers={"WWW-Authenticate": 'Bearer realm="dip"'}) from None
+
+
+CallerDep = Annotated[Caller, Depends(_caller)]
+"""Who is calling; 401 when keys are configured and the request has no valid one."""
+
+
+async def _admin(caller: CallerDep) -> Caller:
+    if not caller.admin:
+        raise ApiError(403, "forbidden", "this needs an admin key (DIP_ADMIN_KEYS)")
+    return caller
+
+
+AdminDep = Annotated[Caller, Depends(_admin)]
+"""A caller with an admin key (everyone when no keys are configured); 403 otherwise."""
+
+
 async def _job(
+    caller: CallerDep,
     job_id: Annotated[str, Path(description="Job id: 22 URL-safe characters, as returned at submission.")],
     store: StoreDep,
 ) -> JobRecord:
     if not JOB_ID.fullmatch(job_id):
         raise job_not_found(job_id)
     record = await store.get(job_id)
-    if record is None:
+    # Another key's job is answered exactly like one that does not exist.
+    if record is None or not caller.can_see(record.owner):
         raise job_not_found(job_id)
     return record
 
 
 JobDep = Annotated[JobRecord, Depends(_job)]
-"""The job named by the ``{job_id}`` path parameter; 404 if there is none."""
+"""The job named by the ``{job_id}`` path parameter, if the caller may see it; 404 otherwise."""

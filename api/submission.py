@@ -4,6 +4,10 @@ Nothing is left behind by a refused submission: files are staged under
 ``<results_dir>/.staging/<id>/`` and moved into the job directory only once
 valid, and the record is written last (and removed again if the job cannot
 be enqueued).
+
+The queue caps are checked twice: with a read before the body is received,
+so a client flooding a full queue is refused without uploading anything, and
+atomically when the record is written, which is the check that counts.
 """
 
 from __future__ import annotations
@@ -22,24 +26,31 @@ from api.layout import INPUT_FIELDS, STAGING_DIR, input_file_name, job_dir, new_
 from api.queue import JobQueue
 from api.schemas import JobCreate
 from api.store import JobRecord, JobStore
+from api.store.jobs import QueueFull
 from api.uploads import receive_form
 from dip_engine.errors import InputError
 from dip_engine.io import ImageInfo, inspect_image
 from dip_engine.validation import check_inputs, validate_spec
 
 IDEMPOTENCY_KEY = re.compile(r"[A-Za-z0-9._:-]{1,128}")
+# A full queue drains at the pace of jobs (minutes): no point retrying sooner.
+QUEUE_FULL_RETRY_AFTER_S = 30
 
 
 async def submit_job(request: Request, *, settings: Settings, store: JobStore, queue: JobQueue,
                      idempotency_key: str | None, owner: str = "") -> tuple[JobRecord, bool]:
     """Create and enqueue the job described by the multipart ``request``.
 
+    Args:
+        owner: Fingerprint of the caller's key: the job's owner, and the
+            scope of ``idempotency_key`` and of the per-client queue cap.
+
     Returns:
         The job, and whether it was created by this call (``False``: a retry
         with a known ``idempotency_key``; the body is then not read).
 
     Raises:
-        ApiError: 4xx for a refused upload.
+        ApiError: 4xx for a refused upload, 429 when too many jobs are queued.
         InputError: An image or parameter the engine would refuse (422).
         pydantic.ValidationError: Malformed parameters (422).
     """
@@ -51,6 +62,11 @@ async def submit_job(request: Request, *, settings: Settings, store: JobStore, q
         record = await store.get(existing) if existing else None
         if record is not None:
             return record, False
+    counts = await store.queued_counts(owner)
+    if counts.total >= settings.max_queued:
+        raise _queue_full(QueueFull("service", settings.max_queued))
+    if counts.owner >= settings.max_queued_per_client:
+        raise _queue_full(QueueFull("client", settings.max_queued_per_client))
 
     job_id = new_job_id()
     staging = settings.results_dir / STAGING_DIR / job_id
@@ -69,11 +85,17 @@ async def submit_job(request: Request, *, settings: Settings, store: JobStore, q
 
     try:
         winner = await store.create(job_id, task=params.task, params=params.model_dump(mode="json"),
-                                    files=files, owner=owner, idempotency_key=idempotency_key)
+                                    files=files, owner=owner, idempotency_key=idempotency_key,
+                                    time_limit_s=settings.job_time_limit_s, max_queued=settings.max_queued,
+                                    max_queued_per_owner=settings.max_queued_per_client)
         if winner == job_id:
-            await run_in_threadpool(queue.enqueue, job_id)
+            await run_in_threadpool(queue.enqueue, job_id, time_limit_s=settings.job_time_limit_s,
+                                    kill_after_s=max(1, settings.hard_time_limit_s - settings.soft_time_limit_s))
+    except QueueFull as exc:
+        shutil.rmtree(target, ignore_errors=True)
+        raise _queue_full(exc) from None
     except Exception:
-        await store.delete(job_id)
+        await store.delete(job_id, owner=owner)
         shutil.rmtree(target, ignore_errors=True)
         raise
     if winner != job_id:  # a concurrent retry with the same key got there first
@@ -82,6 +104,10 @@ async def submit_job(request: Request, *, settings: Settings, store: JobStore, q
     if record is None:
         raise ApiError(409, "conflict", "the job was deleted while it was being submitted")
     return record, winner == job_id
+
+
+def _queue_full(exc: QueueFull) -> ApiError:
+    return ApiError(429, "queue_full", str(exc), headers={"Retry-After": str(QUEUE_FULL_RETRY_AFTER_S)})
 
 
 def place_inputs(params: JobCreate, uploads: dict[str, Path], staging: Path, *,

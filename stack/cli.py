@@ -21,6 +21,8 @@ import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
+from dip_engine.cli import ArgumentParser
+
 _LOOPBACK = {"127.0.0.1", "localhost", "::1"}
 
 
@@ -166,9 +168,9 @@ COMMANDS: tuple[Command, ...] = (
 
 def build_parser(commands: Sequence[Command] = COMMANDS) -> argparse.ArgumentParser:
     """The ``dip`` argument parser with one subparser per command."""
-    parser = argparse.ArgumentParser(prog="dip", description="Deep Image Prior restoration: a library, a CLI and a job service.")
+    parser = ArgumentParser(prog="dip", description="Deep Image Prior restoration: a library, a CLI and a job service.")
     parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=ArgumentParser)
     for command in commands:
         p = sub.add_parser(command.name, help=command.help, description=command.help)
         command.add_arguments(p)

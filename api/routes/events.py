@@ -10,13 +10,13 @@ from typing import Annotated
 from fastapi import APIRouter, Header, Request
 from sse_starlette import EventSourceResponse, ServerSentEvent
 
-from api.deps import JobDep, StoreDep
+from api.deps import AUTH_RESPONSES, JobDep, StoreDep
 from api.errors import ApiError
 from api.schemas import ErrorBody
 from api.store import EventType, JobStatus, JobStore
 from api.views import job_url
 
-router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
+router = APIRouter(prefix="/v1/jobs", tags=["jobs"], responses=AUTH_RESPONSES)
 
 _STREAM_ID = re.compile(r"[0-9]{1,20}-[0-9]{1,20}|0")
 _BLOCK_MS = 5000  # how long one read waits for news before checking on the job

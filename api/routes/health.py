@@ -5,7 +5,7 @@ from __future__ import annotations
 from fastapi import APIRouter, Response
 
 from api import metrics
-from api.deps import StoreDep
+from api.deps import AUTH_RESPONSES, AdminDep, StoreDep
 from api.errors import ApiError
 from api.schemas import ErrorBody
 
@@ -32,7 +32,10 @@ async def readyz(store: StoreDep) -> dict[str, str | int]:
 
 
 @router.get("/metrics", summary="Prometheus metrics", response_class=Response,
-            responses={200: {"content": {metrics.CONTENT_TYPE: {}}, "description": "Text exposition format."}})
-async def get_metrics(store: StoreDep) -> Response:
+            responses={200: {"content": {metrics.CONTENT_TYPE: {}}, "description": "Text exposition format."},
+                       **AUTH_RESPONSES,
+                       403: {"model": ErrorBody, "description": "The key is not an admin key."}})
+async def get_metrics(store: StoreDep, _: AdminDep) -> Response:
+    """Service-wide counts (every client's jobs): with keys configured, for admin keys only."""
     stats = await store.stats(worker_max_age_s=WORKER_MAX_AGE_S)
     return Response(metrics.render(stats), media_type=metrics.CONTENT_TYPE)

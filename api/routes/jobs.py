@@ -8,7 +8,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Header, Query, Request, Response, status
 from starlette.concurrency import run_in_threadpool
 
-from api.deps import JobDep, QueueDep, SettingsDep, StoreDep
+from api.deps import AUTH_RESPONSES, CallerDep, JobDep, QueueDep, SettingsDep, StoreDep
 from api.errors import ApiError, job_not_found
 from api.layout import job_dir
 from api.schemas import ErrorBody, JobList, JobPublic
@@ -16,7 +16,7 @@ from api.store import InvalidCursor, JobStatus
 from api.submission import form_openapi, submit_job
 from api.views import job_url, present
 
-router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
+router = APIRouter(prefix="/v1/jobs", tags=["jobs"], responses=AUTH_RESPONSES)
 
 _ERRORS: dict[int | str, dict[str, Any]] = {404: {"model": ErrorBody, "description": "No such job."}}
 
@@ -33,11 +33,15 @@ _ERRORS: dict[int | str, dict[str, Any]] = {404: {"model": ErrorBody, "descripti
         413: {"model": ErrorBody, "description": "A file over DIP_MAX_UPLOAD_BYTES."},
         415: {"model": ErrorBody, "description": "Not multipart/form-data."},
         422: {"model": ErrorBody, "description": "Bad parameter or image (code says which)."},
+        429: {"model": ErrorBody, "description": "Too many jobs waiting (DIP_MAX_QUEUED, "
+                                                 "DIP_MAX_QUEUED_PER_CLIENT); retry after `Retry-After` seconds.",
+              "headers": {"Retry-After": {"schema": {"type": "integer"}}}},
     },
 )
 async def create_job(
     request: Request,
     response: Response,
+    caller: CallerDep,
     settings: SettingsDep,
     store: StoreDep,
     queue: QueueDep,
@@ -49,7 +53,7 @@ async def create_job(
     parameters as fields). Answers at once with the queued job; follow it with `GET`,
     `/events` or `/history`."""
     record, _ = await submit_job(request, settings=settings, store=store, queue=queue,
-                                 idempotency_key=idempotency_key)
+                                 idempotency_key=idempotency_key, owner=caller.owner)
     response.headers["Location"] = job_url(request, record.id)
     return present(request, record)
 
@@ -57,13 +61,17 @@ async def create_job(
 @router.get("", summary="List jobs, newest first")
 async def list_jobs(
     request: Request,
+    caller: CallerDep,
     store: StoreDep,
     status_: Annotated[JobStatus | None, Query(alias="status", description="Only jobs in this status.")] = None,
     limit: Annotated[int, Query(ge=1, le=100, description="Page size.")] = 20,
     cursor: Annotated[str | None, Query(max_length=200, description="`next_cursor` of the previous page.")] = None,
 ) -> JobList:
+    """Your own jobs (an admin key: everyone's). Filtered by `status`, a page may hold fewer
+    than `limit` jobs and still have a `next_cursor`."""
     try:
-        records, next_cursor = await store.list(status=status_, limit=limit, cursor=cursor)
+        records, next_cursor = await store.list(status=status_, owner=None if caller.admin else caller.owner,
+                                                limit=limit, cursor=cursor)
     except InvalidCursor as exc:
         raise ApiError(422, "invalid_parameter", f"cursor: {exc}") from exc
     return JobList(items=[present(request, r) for r in records], next_cursor=next_cursor)
@@ -104,7 +112,7 @@ async def cancel_job(request: Request, response: Response, job: JobDep, store: S
     responses={**_ERRORS, 409: {"model": ErrorBody, "description": "Running: cancel it first."}},
 )
 async def delete_job(job: JobDep, store: StoreDep, settings: SettingsDep) -> Response:
-    outcome = await store.delete(job.id)
+    outcome = await store.delete(job.id, owner=job.owner)
     if outcome == JobStatus.running.value:
         raise ApiError(409, "conflict", f"job {job.id} is running; cancel it first (POST .../cancel)")
     if outcome == "missing":

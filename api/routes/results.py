@@ -9,12 +9,12 @@ from typing import Annotated, Literal
 from fastapi import APIRouter, Header, Query, Response
 from fastapi.responses import FileResponse
 
-from api.deps import JobDep, SettingsDep, StoreDep
+from api.deps import AUTH_RESPONSES, JobDep, SettingsDep, StoreDep
 from api.errors import ApiError
 from api.layout import FILE_NAME, job_dir
 from api.schemas import ErrorBody, HistoryPoint
 
-router = APIRouter(prefix="/v1/jobs", tags=["results"])
+router = APIRouter(prefix="/v1/jobs", tags=["results"], responses=AUTH_RESPONSES)
 
 _NOT_FOUND = {404: {"model": ErrorBody, "description": "No such job or file."}}
 _CSV_COLUMNS = list(HistoryPoint.model_fields)

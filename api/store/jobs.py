@@ -7,7 +7,7 @@ import binascii
 import json
 import math
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 import redis.asyncio as aioredis
 
@@ -17,10 +17,36 @@ from .records import EventType, JobEvent, JobRecord, JobStatus, encode_fields
 
 # Longer than any blocking read of the event streams (see read_events).
 _SOCKET_TIMEOUT_S = 30.0
+# Index entries one listing request reads at most while filtering an owner's jobs by
+# status: a page may come back short (with a cursor) rather than scan without bound.
+_MAX_SCAN = 1000
 
 
 class InvalidCursor(ValueError):
     """A listing cursor that this store did not hand out."""
+
+
+class QueueFull(Exception):
+    """A submission refused because too many jobs are waiting.
+
+    Attributes:
+        scope: ``"service"`` (all clients together) or ``"client"`` (this owner).
+        limit: The cap that was reached.
+    """
+
+    def __init__(self, scope: Literal["service", "client"], limit: int) -> None:
+        who = "the service has" if scope == "service" else "you have"
+        super().__init__(f"{who} {limit} jobs waiting for a worker, the most allowed; retry later")
+        self.scope = scope
+        self.limit = limit
+
+
+@dataclass(frozen=True)
+class QueuedCounts:
+    """Jobs waiting for a worker: all of them, and those of one owner."""
+
+    total: int
+    owner: int
 
 
 @dataclass(frozen=True)
@@ -52,18 +78,45 @@ class JobStore(StoreBase):
         return bool(await self.client.ping())
 
     async def create(self, job_id: str, *, task: str, params: dict[str, Any], files: dict[str, str],
-                     owner: str = "", idempotency_key: str | None = None) -> str:
+                     owner: str = "", idempotency_key: str | None = None, time_limit_s: int | None = None,
+                     max_queued: int | None = None, max_queued_per_owner: int | None = None) -> str:
         """Record a new queued job, atomically with its index entries and first event.
+
+        Args:
+            owner: Fingerprint of the creating key (``""`` without keys).
+            idempotency_key: A retry with the same key (and owner) returns the first job.
+            time_limit_s: Wall-time limit of one run, kept in the record for the worker.
+            max_queued: Refuse if this many jobs are already queued (``None``: no cap).
+            max_queued_per_owner: Refuse if ``owner`` has this many queued (``None``: no cap).
 
         Returns:
             ``job_id``, or the id of the job created earlier with the same
             ``idempotency_key`` (then nothing is written).
+
+        Raises:
+            QueueFull: A cap was reached (nothing written).
         """
-        fields = encode_fields({"task": task, "params": params, "owner": owner, "attempts": 0})
-        extra = () if idempotency_key is None else (self.keys.idempotency(owner, idempotency_key),)
-        return await self._scripts.create(
-            **self._job_call(job_id, to_json(fields), to_json(files), extra_keys=extra)
-        )
+        for name, cap in (("max_queued", max_queued), ("max_queued_per_owner", max_queued_per_owner)):
+            if cap is not None and (isinstance(cap, bool) or not isinstance(cap, int) or cap < 1):
+                raise ValueError(f"{name} must be a positive int or None, got {cap!r}")
+        fields = encode_fields({"task": task, "params": params, "owner": owner, "attempts": 0,
+                                "time_limit_s": time_limit_s})
+        extra = (self.keys.owner_jobs(owner), self.keys.owner_queued(owner))
+        if idempotency_key is not None:
+            extra += (self.keys.idempotency(owner, idempotency_key),)
+        outcome, *reply = await self._scripts.create(**self._job_call(
+            job_id, to_json(fields), to_json(files), max_queued or 0, max_queued_per_owner or 0,
+            extra_keys=extra))
+        if outcome == "queue_full":
+            scope, limit = reply
+            raise QueueFull(scope, int(limit))
+        return reply[0]
+
+    async def queued_counts(self, owner: str) -> QueuedCounts:
+        """How many jobs are queued, in all and for ``owner`` (a read, for early refusals)."""
+        total, mine = await self._scripts.queued_counts(
+            keys=[self.keys.by_status(JobStatus.queued), self.keys.owner_queued(owner)], args=[])
+        return QueuedCounts(total=int(total), owner=int(mine))
 
     async def find_idempotent(self, owner: str, idempotency_key: str) -> str | None:
         """The job id an idempotency key already points to, if any."""
@@ -72,12 +125,18 @@ class JobStore(StoreBase):
     async def get(self, job_id: str) -> JobRecord | None:
         return (await self._get_many([job_id]))[0]
 
-    async def list(self, *, status: JobStatus | None = None, limit: int = 20,
+    async def list(self, *, status: JobStatus | None = None, owner: str | None = None, limit: int = 20,
                    cursor: str | None = None) -> tuple[list[JobRecord], str | None]:
         """Jobs newest first, ``limit`` at a time.
 
-        The cursor names the last job of the previous page; pages are counted
-        from the oldest end, which new submissions never shift.
+        The cursor names the last job looked at; pages are counted from the
+        oldest end, which new submissions never shift.
+
+        Args:
+            status: Only jobs in this status.
+            owner: Only jobs of this owner (``None``: everyone's). Filtered by
+                status, a page reads at most ``_MAX_SCAN`` of the owner's jobs
+                and may come back short, with a cursor to go on.
 
         Returns:
             The page and the cursor of the next one (``None`` on the last page).
@@ -87,18 +146,39 @@ class JobStore(StoreBase):
         """
         if isinstance(limit, bool) or not isinstance(limit, int) or limit < 1:
             raise ValueError(f"limit must be a positive int, got {limit!r}")
-        index = self.keys.all_jobs if status is None else self.keys.by_status(status)
+        if owner is None:
+            index = self.keys.all_jobs if status is None else self.keys.by_status(status)
+            wanted = None  # the index holds only matching jobs
+        else:
+            index, wanted = self.keys.owner_jobs(owner), status
         if cursor is None:
             older = await self.client.zcard(index)
         else:
             score, last_id = _decode_cursor(cursor)
             rank = await self.client.zrank(index, last_id)
             older = rank if rank is not None else await self.client.zcount(index, "-inf", f"({score}")
-        start = max(0, older - limit)
-        entries = await self.client.zrange(index, start, older - 1, withscores=True) if older else []
-        entries.reverse()
-        records = [r for r in await self._get_many([job_id for job_id, _ in entries]) if r is not None]
-        next_cursor = _encode_cursor(*entries[-1]) if start > 0 and entries else None
+        # Filtering by status, read ahead: most entries may not match.
+        read_ahead = limit if wanted is None else max(limit, 100)
+        records: list[JobRecord] = []
+        scanned = 0
+        last: tuple[str, float] | None = None
+        while older > 0 and len(records) < limit and scanned < _MAX_SCAN:
+            start = max(0, older - max(limit - len(records), read_ahead))
+            entries = await self.client.zrange(index, start, older - 1, withscores=True)
+            entries.reverse()
+            found = await self._get_many([job_id for job_id, _ in entries])
+            gone = [job_id for (job_id, _), record in zip(entries, found) if record is None]
+            if gone and owner is not None:
+                # Deleted or expired: the owner index is ours to tidy (the global
+                # ones are the retention sweep's, which also removes the files).
+                await self.client.zrem(index, *gone)
+            for entry, record in zip(entries, found):
+                older, scanned, last = older - 1, scanned + 1, entry
+                if record is not None and (wanted is None or record.status is wanted):
+                    records.append(record)
+                    if len(records) == limit:
+                        break
+        next_cursor = _encode_cursor(*last) if older > 0 and last is not None else None
         return records, next_cursor
 
     async def cancel(self, job_id: str) -> str:
@@ -106,10 +186,19 @@ class JobStore(StoreBase):
         stops it), the terminal status it already had, or ``"missing"``."""
         return await self._scripts.cancel(**self._job_call(job_id))
 
-    async def delete(self, job_id: str) -> str:
+    async def delete(self, job_id: str, *, owner: str | None = None) -> str:
         """Delete the record unless it is running: returns the status it had,
-        ``"running"`` (refused) or ``"missing"``. Files are the caller's."""
-        return await self._scripts.delete(**self._job_call(job_id, "0"))
+        ``"running"`` (refused) or ``"missing"``. Files are the caller's.
+
+        ``owner``: also drop the job from that owner's index (else listing
+        drops it when it meets it)."""
+        status = await self._scripts.delete(**self._job_call(job_id, "0"))
+        if owner is not None and status != JobStatus.running.value:
+            async with self.client.pipeline(transaction=False) as pipe:
+                pipe.zrem(self.keys.owner_jobs(owner), job_id)
+                pipe.zrem(self.keys.owner_queued(owner), job_id)
+                await pipe.execute()
+        return status
 
     async def history(self, job_id: str) -> list[dict[str, Any]]:
         return [json.loads(raw) for raw in await self.client.lrange(self.keys.history(job_id), 0, -1)]

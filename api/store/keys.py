@@ -6,8 +6,10 @@ public file name -> path in the job directory), ``<p>:job:<id>:history``
 expire together after the retention period.
 
 Shared: ``<p>:jobs`` and ``<p>:jobs:<status>`` (sorted sets of job ids scored
-by creation time, for listing and queue positions), ``<p>:idem:<key>``
-(idempotency key -> job id), ``<p>:workers`` (sorted set of worker names
+by creation time, for listing and queue positions), ``<p>:idem:<owner>:<key>``
+(idempotency key -> job id), ``<p>:owner:<owner>:jobs`` and
+``<p>:owner:<owner>:queued`` (sorted sets: an owner's jobs, and those that
+were queued when last counted), ``<p>:workers`` (sorted set of worker names
 scored by their last heartbeat) and ``<p>:stats:durations`` (hash of job
 duration histogram counters).
 """
@@ -55,6 +57,14 @@ class Keys:
 
     def idempotency(self, owner: str, key: str) -> str:
         return f"{self.prefix}:idem:{owner}:{key}"
+
+    def owner_jobs(self, owner: str) -> str:
+        """Jobs of ``owner`` (an API key's fingerprint; ``""`` without keys), scored by creation time."""
+        return f"{self.prefix}:owner:{owner}:jobs"
+
+    def owner_queued(self, owner: str) -> str:
+        """Jobs of ``owner`` that may still be queued (pruned as they are counted)."""
+        return f"{self.prefix}:owner:{owner}:queued"
 
     @property
     def workers(self) -> str:

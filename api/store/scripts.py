@@ -62,31 +62,71 @@ local function finish(from, to, error)
 end
 """
 
-# ARGV 4: fields (JSON object of strings), 5: files (JSON object). KEYS 11: idempotency key (optional).
-# Returns the id of the job that now answers the request (an earlier one on an idempotent retry).
-_CREATE = """
-local idem = KEYS[11]
+# Counts the jobs of an owner's queued set (KEYS-style names `candidates`, `queued`) that are
+# still in the queued index; with `prune`, forgets the others (started, canceled, deleted),
+# so that the set stays about as large as the per-owner cap.
+_OWNER_QUEUED = """
+local function owner_queued(candidates, queued, prune)
+  local n = 0
+  for _, id in ipairs(redis.call('ZRANGE', candidates, 0, -1)) do
+    if redis.call('ZSCORE', queued, id) then
+      n = n + 1
+    elseif prune then
+      redis.call('ZREM', candidates, id)
+    end
+  end
+  return n
+end
+"""
+
+# KEYS 11: the owner's job index, 12: the owner's queued set, 13: idempotency key (optional).
+# ARGV 4: fields (JSON object of strings), 5: files (JSON object), 6: cap on queued jobs,
+# 7: cap on the owner's queued jobs (0: no cap).
+# Returns {"created", ID}, {"existing", id} (an idempotent retry: nothing written) or
+# {"queue_full", "service" | "client", cap} (refused: nothing written).
+_CREATE = _OWNER_QUEUED + """
+local OWNER_JOBS, OWNER_QUEUED, idem = KEYS[11], KEYS[12], KEYS[13]
+local max_queued, max_owner = tonumber(ARGV[6]), tonumber(ARGV[7])
 if idem then
   local existing = redis.call('GET', idem)
   -- JOB is "<prefix>:job:<ID>": the earlier job's key differs only in its id.
   if existing and redis.call('EXISTS', string.sub(JOB, 1, #JOB - #ID) .. existing) == 1 then
-    return existing
+    return {'existing', existing}
   end
 end
 if redis.call('EXISTS', JOB) == 1 then return redis.error_reply('job id already in use') end
+if max_queued > 0 and redis.call('ZCARD', INDEX.queued) >= max_queued then
+  return {'queue_full', 'service', max_queued}
+end
+if max_owner > 0 and owner_queued(OWNER_QUEUED, INDEX.queued, true) >= max_owner then
+  return {'queue_full', 'client', max_owner}
+end
 local t = now()
 hset_json(JOB, ARGV[4])
 redis.call('HSET', JOB, 'id', ID, 'status', 'queued', 'created_at', fmt(t))
 hset_json(FILES, ARGV[5])
 redis.call('ZADD', ALL, t * 1000, ID)
 redis.call('ZADD', INDEX.queued, t * 1000, ID)
+redis.call('ZADD', OWNER_JOBS, t * 1000, ID)
+redis.call('ZADD', OWNER_QUEUED, t * 1000, ID)
+-- A job's keys expire a retention period after it ends, so (for runs shorter than
+-- that) entries older than two periods name gone jobs; listing drops the others.
+redis.call('ZREMRANGEBYSCORE', OWNER_JOBS, '-inf', '(' .. fmt(t * 1000 - 2 * TTL_MS))
+redis.call('PEXPIRE', OWNER_JOBS, 2 * TTL_MS)
+redis.call('PEXPIRE', OWNER_QUEUED, 2 * TTL_MS)
 emit('status', cjson.encode({status='queued'}))
 expire_all()
 if idem then
   redis.call('SET', idem, ID, 'PX', TTL_MS)
   redis.call('HSET', JOB, 'idempotency_key', idem)
 end
-return ID
+return {'created', ID}
+"""
+
+# KEYS 1: the queued index, 2: an owner's queued set (read only).
+# Returns {jobs queued, jobs of the owner queued}.
+_QUEUED_COUNTS = _OWNER_QUEUED + """
+return {redis.call('ZCARD', KEYS[1]), owner_queued(KEYS[2], KEYS[1], false)}
 """
 
 # Returns "canceled" (was queued), "cancel_requested" (running: the worker stops it),
@@ -232,6 +272,7 @@ class Scripts:
     delete: Any
     heartbeat: Any
     live_workers: Any
+    queued_counts: Any
 
     @classmethod
     def register(cls, client: Any) -> Scripts:
@@ -243,4 +284,5 @@ class Scripts:
         scripts = {name: client.register_script(_PRELUDE + body) for name, body in job_script.items()}
         scripts["heartbeat"] = client.register_script(_HEARTBEAT)
         scripts["live_workers"] = client.register_script(_LIVE_WORKERS)
+        scripts["queued_counts"] = client.register_script(_QUEUED_COUNTS)
         return cls(**scripts)

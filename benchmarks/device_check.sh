@@ -1,0 +1,36 @@
+#!/usr/bin/env bash
+# One GPU session, one script: CUDA path, throughput, the paper's protocol on a subset,
+# and DeepInverse side by side. Run from the repo root on the device machine with
+# carry [".bench_data", ".whl"] (copies of ../shared/data/benchmarks and the deepinv +
+# natsort wheels); on a CPU, run it with DEVICE=cpu QUICK=1 to check the script itself.
+set -uo pipefail
+export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
+OUT="${OUT:-/tmp/device_out}"; mkdir -p "$OUT"
+DEVICE="${DEVICE:-cuda}"; DATA="${DATA:-.bench_data}"; PY="${PY:-python3}"
+QUICK="${QUICK:-0}"
+
+if [ "$DEVICE" = cuda ]; then
+  nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
+  if ls .whl/*.whl >/dev/null 2>&1; then
+    $PY -m pip install -q --no-index --no-deps --no-compile --target /tmp/site .whl/*.whl && export PYTHONPATH="$PYTHONPATH:/tmp/site"
+  fi
+fi
+$PY -c "import torch; print('torch', torch.__version__, 'cuda', torch.cuda.is_available())"
+
+if [ "$QUICK" = 1 ]; then ITERS="--iterations 20"; SIZES="64"; IMAGES=1; else ITERS=""; SIZES="256 512"; IMAGES=5; fi
+
+echo "== throughput"
+$PY benchmarks/throughput.py --device "$DEVICE" --sizes $SIZES --iterations 50 2>&1 | tee "$OUT/throughput.md"
+
+echo "== super-resolution x4, Set5, paper preset (Y-channel PSNR columns = the paper's protocol)"
+$PY benchmarks/quality.py --full --device "$DEVICE" --data "$DATA" --tasks superres --images $IMAGES $ITERS 2>/dev/null | tee "$OUT/sr.md"
+
+echo "== denoising sigma=25, paper preset"
+$PY benchmarks/quality.py --full --device "$DEVICE" --data "$DATA" --tasks denoise --images $([ "$QUICK" = 1 ] && echo 1 || echo 3) --skip 2 $ITERS 2>/dev/null | tee "$OUT/denoise.md"
+
+echo "== inpainting, 50% pixels dropped, paper preset (11000 iterations at lr 0.001)"
+$PY benchmarks/quality.py --full --device "$DEVICE" --data "$DATA" --tasks inpaint --images $([ "$QUICK" = 1 ] && echo 1 || echo 2) --skip 4 $ITERS 2>/dev/null | tee "$OUT/inpaint.md"
+
+echo "== DeepInverse DeepImagePrior side by side (same noisy image, same iteration cap)"
+$PY benchmarks/compare_deepinv.py --device "$DEVICE" --iterations $([ "$QUICK" = 1 ] && echo 20 || echo 2000) --crop 256 \
+  "$DATA"/benchmarks/denoise9/originals/F16_GT.png "$DATA"/benchmarks/denoise9/originals/kodim03.png 2>&1 | tee "$OUT/deepinv.md"

@@ -1,0 +1,231 @@
+"""Tests of dip_engine.early_stopping: the windowed variance and the ES-WMV detector."""
+
+from __future__ import annotations
+
+import io
+
+import numpy as np
+import pytest
+import torch
+
+from dip_engine.config import EarlyStopConfig
+from dip_engine.early_stopping import EarlyStopping, WindowedVariance
+
+
+def _u_curve(iterations: int, minimum_at: int) -> list[float]:
+    """A U-shaped variance curve, strictly decreasing to ``minimum_at`` then strictly increasing."""
+    return [0.01 + 1e-4 * (t - minimum_at) ** 2 for t in range(1, iterations + 1)]
+
+
+def _feed(detector: EarlyStopping, curve: list[float], *, first: int = 1) -> int | None:
+    """Feed ``curve`` from iteration ``first`` until should_stop fires, as the loop does; returns that iteration."""
+    for t, value in enumerate(curve, start=first):
+        detector.update_variance(t, torch.tensor(value), torch.full((1, 1, 2, 2), float(t)))
+        if detector.should_stop(t):
+            return t
+    return None
+
+
+# -- ES-WMV on synthetic variance curves ----------------------------------------------
+
+
+@pytest.mark.parametrize(("minimum_at", "patience"), [(300, 100), (57, 1000), (1, 10)])
+def test_finds_the_minimum_of_a_u_curve_and_stops_patience_after_it(minimum_at: int, patience: int) -> None:
+    detector = EarlyStopping(EarlyStopConfig(window=100, patience=patience))
+    iterations = minimum_at + patience + 50
+    curve = _u_curve(iterations, minimum_at)
+
+    for t, value in enumerate(curve, start=1):
+        detector.update_variance(t, torch.tensor(value), torch.full((1, 1, 2, 2), float(t)))
+        # Fires exactly when `patience` iterations have passed without a new minimum.
+        assert detector.should_stop(t) == (t >= minimum_at + patience), t
+        assert detector.detected_iteration == min(t, minimum_at)
+
+    assert detector.detected_iteration == minimum_at
+    # The remembered candidate is the one passed at the minimum.
+    assert torch.equal(detector.candidate, torch.full((1, 1, 2, 2), float(minimum_at)))
+    assert float(detector.last_variance) == pytest.approx(curve[-1])
+
+
+def test_a_noisy_u_curve_keeps_its_global_minimum() -> None:
+    rng = np.random.default_rng(0)
+    curve = [v * (1 + 0.05 * rng.standard_normal()) for v in _u_curve(2000, 700)]
+    detector = EarlyStopping(EarlyStopConfig(window=100, patience=400))
+    stopped = _feed(detector, curve)
+    expected = int(np.argmin(curve[:stopped])) + 1
+    assert detector.detected_iteration == expected
+    assert abs(expected - 700) < 100
+    assert stopped == expected + 400
+
+
+def test_a_later_deeper_minimum_within_patience_resets_the_count() -> None:
+    # A plateau with one later dip: the dip counts and the stop moves with it.
+    curve = [1.0] * 50 + [0.5] + [0.6] * 149
+    detector = EarlyStopping(EarlyStopConfig(patience=100))
+    assert _feed(detector, curve) == 51 + 100
+    assert detector.detected_iteration == 51
+
+
+def test_equal_values_are_not_a_new_minimum() -> None:
+    detector = EarlyStopping(EarlyStopConfig(patience=5))
+    assert _feed(detector, [1.0] * 20) == 6
+    assert detector.detected_iteration == 1
+
+
+def test_nothing_is_detected_before_the_first_value() -> None:
+    detector = EarlyStopping(EarlyStopConfig())
+    assert detector.detected_iteration is None
+    assert detector.candidate is None
+    assert not detector.should_stop(10_000)
+
+
+# -- min_delta ----------------------------------------------------------------------------
+
+
+def test_min_delta_counts_only_relative_improvements() -> None:
+    # 0.9 undercuts 1.0 by 10%: new with min_delta 0, not with 0.2. 0.79 undercuts by 21%.
+    curve = [1.0, 0.9, 0.85, 0.79, 0.7, 0.65]
+    paper = EarlyStopping(EarlyStopConfig(min_delta=0.0, patience=100))
+    _feed(paper, curve)
+    assert paper.detected_iteration == 6
+
+    knee = EarlyStopping(EarlyStopConfig(min_delta=0.2, patience=100))
+    detected = []
+    for t, value in enumerate(curve, start=1):
+        knee.update_variance(t, torch.tensor(value), torch.zeros(1))
+        detected.append(knee.detected_iteration)
+    # 0.7 and 0.65 are within 20% of 0.79.
+    assert detected == [1, 1, 1, 4, 4, 4]
+
+
+def test_min_delta_on_a_slowly_creeping_curve_stops_early() -> None:
+    # Decreasing by 0.1% per iteration forever: the paper's rule never stops, a 20% margin does.
+    curve = [0.999**t for t in range(3000)]
+    assert _feed(EarlyStopping(EarlyStopConfig(patience=200)), curve) is None
+    knee = EarlyStopping(EarlyStopConfig(patience=200, min_delta=0.2))
+    stopped = _feed(knee, curve)
+    assert stopped is not None and stopped == knee.detected_iteration + 200
+    # Each counted minimum is >= 20% below the previous one: 0.999^224 ~ 0.8, so
+    # minima come every ~224 iterations, which never fits in a patience of 200.
+    assert knee.detected_iteration == 1
+
+
+@pytest.mark.parametrize("min_delta", [-0.1, 1.0])
+def test_min_delta_outside_0_1_is_refused(min_delta: float) -> None:
+    with pytest.raises(ValueError, match=f"min_delta must be in \\[0, 1\\), got {min_delta}"):
+        EarlyStopConfig(min_delta=min_delta)
+
+
+# -- WindowedVariance ---------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("window", [2, 7, 100])
+def test_windowed_variance_equals_numpy_over_the_last_window(window: int) -> None:
+    rng = np.random.default_rng(window)
+    steps = 4 * window + 3  # the ring buffer wraps and re-sums several times
+    inputs = rng.random((steps, 3, 8, 8))
+    tracker = WindowedVariance(window)
+    for t in range(steps):
+        value = tracker.update(torch.from_numpy(inputs[t]).float())
+        assert tracker.count == t + 1
+        if t + 1 < window:
+            assert value is None
+            continue
+        last = inputs[t + 1 - window : t + 1].astype(np.float32).astype(np.float64)
+        expected = last.var(axis=0).mean()  # per-pixel variance (ddof 0), averaged over pixels
+        assert value is not None and value.dim() == 0
+        assert float(value) == pytest.approx(expected, rel=1e-5), t
+
+
+def test_windowed_variance_does_not_drift_on_long_offset_sequences() -> None:
+    # Values near 0.5 with a small spread: E[x^2] - E[x]^2 cancels badly in float32,
+    # and running sums would accumulate error without the periodic re-sum.
+    window, steps = 10, 5000
+    rng = np.random.default_rng(1)
+    inputs = (0.5 + 0.01 * rng.standard_normal((steps, 1, 16, 16))).astype(np.float32)
+    tracker = WindowedVariance(window)
+    for t in range(steps):
+        value = tracker.update(torch.from_numpy(inputs[t]))
+    expected = inputs[-window:].astype(np.float64).var(axis=0).mean()
+    assert float(value) == pytest.approx(expected, rel=1e-2)
+
+
+def test_windowed_variance_is_zero_for_a_constant_sequence_and_never_negative() -> None:
+    tracker = WindowedVariance(5)
+    values = [tracker.update(torch.full((3, 4, 4), 0.3)) for _ in range(12)]
+    assert all(float(v) == 0.0 for v in values[4:])
+
+
+def test_windowed_variance_detaches_and_keeps_the_input_device_and_float32() -> None:
+    tracker = WindowedVariance(2)
+    x = torch.rand(1, 4, 4, requires_grad=True)
+    tracker.update(x)
+    value = tracker.update(x.double() * 2)
+    assert value.dtype == torch.float32 and not value.requires_grad
+
+
+def _through_a_file(state: dict) -> dict:
+    """What a checkpoint does to a state dict."""
+    buffer = io.BytesIO()
+    torch.save(state, buffer)
+    buffer.seek(0)
+    return torch.load(buffer, weights_only=False)
+
+
+def test_windowed_variance_state_dict_round_trip_continues_identically() -> None:
+    rng = np.random.default_rng(2)
+    inputs = [torch.from_numpy(rng.random((2, 4, 4))).float() for _ in range(30)]
+    a, b = WindowedVariance(6), WindowedVariance(6)
+    for x in inputs[:13]:
+        a.update(x)
+    b.load_state_dict(_through_a_file(a.state_dict()))
+    for x in inputs[13:]:
+        assert torch.equal(a.update(x), b.update(x))
+
+
+def test_windowed_variance_refuses_a_window_below_2() -> None:
+    with pytest.raises(ValueError, match="got 1"):
+        WindowedVariance(1)
+
+
+# -- EarlyStopping.update on outputs --------------------------------------------------------
+
+
+def test_update_waits_for_a_full_window_then_tracks_the_calmest_output() -> None:
+    # Outputs jitter a lot, then settle (iterations 61-90), then jitter again. The patience
+    # outlasts the noisy start, whose first full window is the minimum until the calm comes.
+    window, patience = 10, 60
+    detector = EarlyStopping(EarlyStopConfig(window=window, patience=patience))
+    generator = torch.Generator().manual_seed(0)
+    stop_at = None
+    for t in range(1, 201):
+        spread = 0.001 if 61 <= t <= 90 else 0.3
+        out = 0.5 + spread * torch.randn((1, 3, 8, 8), generator=generator)
+        detector.update(t, out)
+        if t < window:
+            assert detector.detected_iteration is None and detector.last_variance is None
+        if stop_at is None and detector.should_stop(t):
+            stop_at = t
+    # Only the windows ending at iterations 70-90 hold calm outputs alone.
+    assert 70 <= detector.detected_iteration <= 90
+    assert stop_at == detector.detected_iteration + patience
+
+
+def test_update_remembers_the_candidate_rather_than_the_watched_signal() -> None:
+    detector = EarlyStopping(EarlyStopConfig(window=2, patience=5))
+    for t in range(1, 6):
+        detector.update(t, torch.full((1, 1, 2, 2), 0.5), candidate=torch.full((1, 1, 2, 2), float(t)))
+    # Constant outputs: variance 0 from t=2 on, and 0 is never undercut.
+    assert detector.detected_iteration == 2
+    assert torch.equal(detector.candidate, torch.full((1, 1, 2, 2), 2.0))
+
+
+def test_early_stopping_state_dict_round_trip() -> None:
+    curve = _u_curve(200, 80)
+    a = EarlyStopping(EarlyStopConfig(patience=50))
+    _feed(a, curve[:60])
+    b = EarlyStopping(EarlyStopConfig(patience=50))
+    b.load_state_dict(_through_a_file(a.state_dict()))
+    assert _feed(a, curve[60:], first=61) == _feed(b, curve[60:], first=61) == 130
+    assert a.detected_iteration == b.detected_iteration == 80
+    assert torch.equal(a.candidate, b.candidate)
