@@ -49,7 +49,7 @@ class Caller:
 
     def can_see(self, owner: str) -> bool:
         """Whether a job owned by ``owner`` is visible to this caller."""
-        return self.admin or hmac.compare_digest(self.owner, owner)
+        return self.admin or hmac.compare_digest(self.owner.encode(), owner.encode())
 
 
 OPEN_CALLER = Caller(owner="", admin=True)

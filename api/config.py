@@ -62,6 +62,10 @@ class Settings(BaseSettings):
     max_attempts: int = Field(3, description="A job that kills its worker this many times fails.")
     progress_interval_s: float = Field(0.25, description="Least time between progress writes to Redis.")
     checkpoint_every: int = Field(100, description="Iterations between resumable checkpoints.")
+    lease_s: float = Field(30.0, gt=0, description="A running job's lease: renewed every third of it; "
+                           "a job whose lease lapses (its worker died) is re-queued.")
+    redis_retry_s: float = Field(120.0, gt=0, description="How long a worker retries a job's final "
+                                 "write while Redis is unreachable.")
 
     device: str = Field("auto", description="Worker device: auto, cpu or cuda.")
     worker_concurrency: int = Field(1, description="Worker processes (one per GPU).")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from fastapi import Depends, Path, Request
+from fastapi import Depends, FastAPI, Path, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from api.auth import Caller, Unauthorized, authenticate
@@ -59,6 +59,28 @@ async def _caller(
 
 CallerDep = Annotated[Caller, Depends(_caller)]
 """Who is calling; 401 when keys are configured and the request has no valid one."""
+
+
+def document_access(app: FastAPI, settings: Settings) -> None:
+    """Make ``app``'s OpenAPI document say what this server asks for.
+
+    Routes declare the bearer scheme and their 401 answers statically; a
+    server with no keys configured asks for neither, so its document drops them.
+    """
+    if settings.auth_enabled:
+        return
+    build = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        schema = build()  # cached by FastAPI: the removals below happen once
+        for path in schema.get("paths", {}).values():
+            for operation in path.values():
+                operation.pop("security", None)
+                operation.get("responses", {}).pop("401", None)
+        schema.get("components", {}).pop("securitySchemes", None)
+        return schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
 
 
 async def _admin(caller: CallerDep) -> Caller:

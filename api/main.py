@@ -9,6 +9,7 @@ from fastapi import FastAPI
 
 import dip_engine
 from api.config import Settings, get_settings
+from api.deps import document_access
 from api.errors import install_error_handlers
 from api.queue import JobQueue
 from api.routes import events, health, jobs, results
@@ -43,4 +44,5 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     install_error_handlers(app)
     for module in (jobs, results, events, health):
         app.include_router(module.router)
+    document_access(app, settings)
     return app

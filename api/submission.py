@@ -88,6 +88,9 @@ async def submit_job(request: Request, *, settings: Settings, store: JobStore, q
                                     files=files, owner=owner, idempotency_key=idempotency_key,
                                     time_limit_s=settings.job_time_limit_s, max_queued=settings.max_queued,
                                     max_queued_per_owner=settings.max_queued_per_client)
+        # Read before enqueueing: the answer shows the job as submitted (queued, with its
+        # place in the queue), whatever a fast worker does with it next.
+        record = await store.get(winner)
         if winner == job_id:
             await run_in_threadpool(queue.enqueue, job_id, time_limit_s=settings.job_time_limit_s,
                                     kill_after_s=max(1, settings.hard_time_limit_s - settings.soft_time_limit_s))
@@ -100,7 +103,6 @@ async def submit_job(request: Request, *, settings: Settings, store: JobStore, q
         raise
     if winner != job_id:  # a concurrent retry with the same key got there first
         shutil.rmtree(target, ignore_errors=True)
-    record = await store.get(winner)
     if record is None:
         raise ApiError(409, "conflict", "the job was deleted while it was being submitted")
     return record, winner == job_id

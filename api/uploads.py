@@ -7,6 +7,7 @@ not after it has been read whole.
 
 from __future__ import annotations
 
+import re
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,6 +22,8 @@ from api.errors import ApiError
 _MAX_FIELD_BYTES = 1024  # a parameter value ("denoise", "0.25") is short
 _MAX_PARTS = 32
 _FORM_OVERHEAD_BYTES = 64 * 1024  # boundaries, part headers and parameter values
+# RFC 2046: 1-70 characters from this set, not ending in a space.
+_BOUNDARY = re.compile(rb"[0-9A-Za-z'()+_,\-./:=? ]{0,69}[0-9A-Za-z'()+_,\-./:=?]")
 
 
 @dataclass
@@ -52,13 +55,17 @@ async def receive_form(
 
     Raises:
         ApiError: 415 (not multipart), 413 (a file over ``max_file_bytes``),
-            400 (malformed body, bad encoding) or 422 (duplicate or unnamed part).
+            400 (malformed body or boundary, bad encoding) or 422 (duplicate or unnamed part).
     """
     mime, options = parse_options_header(content_type)
     boundary = options.get(b"boundary")
     if mime != b"multipart/form-data" or not boundary:
         raise ApiError(415, "unsupported_media_type",
                        f"send the job as multipart/form-data with a boundary, got {content_type or 'none'!r}")
+    if not _BOUNDARY.fullmatch(boundary):
+        raise ApiError(400, "invalid_request",
+                       f"malformed multipart boundary {boundary.decode('latin-1')[:80]!r}: RFC 2046 allows "
+                       "1-70 characters from A-Z a-z 0-9 '()+_,-./:=? and inner spaces")
     max_body = len(file_fields) * max_file_bytes + _FORM_OVERHEAD_BYTES
     if content_length is not None and content_length.isdigit() and int(content_length) > max_body:
         raise _too_large(f"the request body ({content_length} bytes) exceeds {max_body} bytes "

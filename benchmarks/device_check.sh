@@ -22,15 +22,20 @@ if [ "$QUICK" = 1 ]; then ITERS="--iterations 20"; SIZES="64"; IMAGES=1; else IT
 echo "== throughput"
 $PY benchmarks/throughput.py --device "$DEVICE" --sizes $SIZES --iterations 50 2>&1 | tee "$OUT/throughput.md"
 
-echo "== super-resolution x4, Set5, paper preset (Y-channel PSNR columns = the paper's protocol)"
-$PY benchmarks/quality.py --full --device "$DEVICE" --data "$DATA" --tasks superres --images $IMAGES $ITERS 2>/dev/null | tee "$OUT/sr.md"
+echo "== fast preset sweep on 96 px crops (what the CPU runs), sigma=25, 5 images"
+for variant in "" "--set net.channels=128" "--set fit.ema=0.995" "--set fit.early_stop.min_delta=0.3 --set fit.early_stop.patience=300"; do
+  $PY benchmarks/quality.py --device "$DEVICE" --data "$DATA" --tasks denoise --images $([ "$QUICK" = 1 ] && echo 1 || echo 5) $ITERS $variant 2>/dev/null | grep "^mean" | tee -a "$OUT/sweep.md"
+done
 
 echo "== denoising sigma=25, paper preset"
 $PY benchmarks/quality.py --full --device "$DEVICE" --data "$DATA" --tasks denoise --images $([ "$QUICK" = 1 ] && echo 1 || echo 3) --skip 2 $ITERS 2>/dev/null | tee "$OUT/denoise.md"
 
-echo "== inpainting, 50% pixels dropped, paper preset (11000 iterations at lr 0.001)"
-$PY benchmarks/quality.py --full --device "$DEVICE" --data "$DATA" --tasks inpaint --images $([ "$QUICK" = 1 ] && echo 1 || echo 2) --skip 4 $ITERS 2>/dev/null | tee "$OUT/inpaint.md"
+echo "== super-resolution x4, Set5, paper preset (Y-channel PSNR columns = the paper's protocol)"
+$PY benchmarks/quality.py --full --device "$DEVICE" --data "$DATA" --tasks superres --images $IMAGES $ITERS 2>/dev/null | tee "$OUT/sr.md"
 
 echo "== DeepInverse DeepImagePrior side by side (same noisy image, same iteration cap)"
 $PY benchmarks/compare_deepinv.py --device "$DEVICE" --iterations $([ "$QUICK" = 1 ] && echo 20 || echo 2000) --crop 256 \
   "$DATA"/benchmarks/denoise9/originals/F16_GT.png "$DATA"/benchmarks/denoise9/originals/kodim03.png 2>&1 | tee "$OUT/deepinv.md"
+
+echo "== inpainting, 50% pixels dropped, paper preset (11000 iterations at lr 0.001)"
+$PY benchmarks/quality.py --full --device "$DEVICE" --data "$DATA" --tasks inpaint --images $([ "$QUICK" = 1 ] && echo 1 || echo 2) --skip 4 $ITERS 2>/dev/null | tee "$OUT/inpaint.md"

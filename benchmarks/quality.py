@@ -85,7 +85,8 @@ def run_one(task: str, path: Path, args: argparse.Namespace, work: Path) -> dict
     )
     out = work / f"{task}_{path.stem}"
     started = time.monotonic()
-    result = restore(spec, RestoreInputs(src), out)
+    overrides = dict(item.split("=", 1) for item in args.set)
+    result = restore(spec, RestoreInputs(src), out, overrides=overrides)
     seconds = time.monotonic() - started
     s = result.metrics["summary"]
     clean = load_image(src).pixels
@@ -138,6 +139,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", type=Path, help="also write the rows as JSON")
     parser.add_argument("--data", type=Path, default=DEFAULT_DATA, help="the shared data folder")
     parser.add_argument("--skip", type=int, default=0, help="skip the first N images of each set")
+    parser.add_argument("--set", action="append", default=[], metavar="PATH=VALUE",
+                        help="override a preset field, as `dip restore --set` (repeatable)")
     args = parser.parse_args(argv)
 
     sets = image_sets(args.data)
@@ -159,8 +162,11 @@ def main(argv: list[str] | None = None) -> int:
         done = [r for r in rows if r["task"] == task]
         if done:
             mean = lambda key: sum(r[key] for r in done if r.get(key) is not None) / len(done)
-            print(f"mean {task}: baseline {mean('baseline_psnr'):.2f}, DIP best {mean('best'):.2f}, DIP early-stop {mean('es'):.2f}, "
-                  f"gap {mean('gap'):.2f} dB over {len(done)} images")
+            wins = sum(r["es"] >= r["baseline_psnr"] for r in done)
+            stop = sum(r["iters"] / r["cap"] for r in done) / len(done)
+            print(f"mean {task} {' '.join(args.set)}: baseline {mean('baseline_psnr'):.2f}, DIP best {mean('best'):.2f}, "
+                  f"DIP early-stop {mean('es'):.2f} (>= baseline on {wins}/{len(done)}), gap {mean('gap'):.2f} dB, "
+                  f"stopped at {stop:.0%} of the cap, {mean('seconds'):.1f} s per image, {len(done)} images")
     if args.json:
         args.json.write_text(json.dumps(rows, indent=2))
     return 0

@@ -45,6 +45,8 @@ def add_restore_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", type=Path, default=Path("out"), help="output directory (default ./out)")
+    parser.add_argument("--set", action="append", default=[], metavar="PATH=VALUE", dest="overrides",
+                        help="override any preset field, e.g. --set fit.lr=0.005 --set net.channels=96 (repeatable)")
     parser.add_argument("--json", action="store_true", help="print metrics.json's summary as JSON")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
 
@@ -67,9 +69,11 @@ def run_restore(args: argparse.Namespace) -> int:
         validate_spec(spec)
         if args.checkpoint_every < 0:
             raise InputError("invalid_parameter", f"--checkpoint-every must be >= 0, got {args.checkpoint_every}")
+        overrides = dict(_parse_override(item) for item in args.overrides)
         result = restore(
             spec, RestoreInputs(args.input, mask=args.mask, reference=args.reference), args.out,
             callbacks=[ProgressBar(disable=args.quiet or args.json)], checkpoint_every=args.checkpoint_every or None,
+            overrides=overrides,
         )
     except InputError as exc:
         print(f"dip restore: error: {exc.message}", file=sys.stderr)
@@ -83,6 +87,15 @@ def run_restore(args: argparse.Namespace) -> int:
     else:
         print(_describe(summary, result.files["result"]))
     return 0
+
+
+def _parse_override(item: str) -> tuple[str, str]:
+    from .errors import InputError
+
+    path, sep, value = item.partition("=")
+    if not sep or not path:
+        raise InputError("invalid_parameter", f"--set needs PATH=VALUE, got {item!r}")
+    return path.strip(), value.strip()
 
 
 def _describe(summary: dict, result: Path) -> str:

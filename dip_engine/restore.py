@@ -29,7 +29,8 @@ from .io import pad_to_multiple, save_image
 from .metrics import psnr, ssim
 from .nets import get_net
 from .plots import plot_curves
-from .presets import RunConfig, resolve
+from .errors import InputError
+from .presets import RunConfig, apply_overrides, resolve
 from .problems import Measurement, build_measurement, make_physics
 from .spec import RestoreSpec, curves_filename, result_filename
 from .validation import validate_spec
@@ -122,6 +123,7 @@ def restore(
     resume: bool = True,
     max_pixels: int | None = None,
     max_iterations: int = 20_000,
+    overrides: dict[str, object] | None = None,
 ) -> RestoreResult:
     """Run Deep Image Prior on one input and write its outputs to ``out_dir``.
 
@@ -135,6 +137,7 @@ def restore(
         resume: continue from ``out_dir/checkpoint.pt`` when it exists and matches this request.
         max_pixels: refuse larger images.
         max_iterations: refuse a larger ``spec.iterations``.
+        overrides: any preset field by dotted path (``{"fit.lr": 0.005}``), applied last.
 
     Raises:
         dip_engine.errors.InputError: unreadable inputs or inconsistent options.
@@ -144,6 +147,11 @@ def restore(
         spec, inputs.image, mask=inputs.mask, reference=inputs.reference, max_pixels=max_pixels
     )
     run = resolve(spec, scattered=measurement.scattered_mask or spec.drop_fraction is not None)
+    if overrides:
+        try:
+            run = apply_overrides(run, overrides)
+        except (ValueError, TypeError) as exc:
+            raise InputError("invalid_parameter", str(exc)) from None
     device = pick_device(spec.device)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)

@@ -23,8 +23,6 @@ from dataclasses import dataclass
 
 from dip_engine.cli import ArgumentParser
 
-_LOOPBACK = {"127.0.0.1", "localhost", "::1"}
-
 
 @dataclass(frozen=True)
 class Command:
@@ -64,16 +62,19 @@ def _run_api(args: argparse.Namespace) -> int:
     import uvicorn
 
     from api.config import get_settings
+    from stack.supervisor import access_line, open_bind_refusal
 
     settings = get_settings()
     host = args.host or settings.host
     port = args.port or settings.port
+    refusal = open_bind_refusal(settings, host)
+    if refusal:
+        print(f"dip api: error: {refusal}", file=sys.stderr)
+        return 2
+    print(f"dip api: {access_line(settings, host)}", file=sys.stderr, flush=True)
     # The app reads its settings again; make them agree with where it really listens.
     os.environ["DIP_HOST"], os.environ["DIP_PORT"] = host, str(port)
     get_settings.cache_clear()
-    if not getattr(settings, "api_keys", None) and host not in _LOOPBACK:
-        print(f"dip api: warning: no API keys configured and bound to {host}: anyone who can reach "
-              "this address can use the API", file=sys.stderr)
     uvicorn.run(
         "api.main:create_app",
         factory=True,
@@ -139,7 +140,7 @@ def _add_serve(parser: argparse.ArgumentParser) -> None:
 def _run_serve(args: argparse.Namespace) -> int:
     from api.config import get_settings
     from stack.redis_server import RedisStartError
-    from stack.supervisor import Supervisor, default_children
+    from stack.supervisor import Supervisor, default_children, open_bind_refusal
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s dip serve: %(message)s", datefmt="%H:%M:%S")
     if args.shutdown_grace < 0:
@@ -148,6 +149,10 @@ def _run_serve(args: argparse.Namespace) -> int:
     settings = get_settings()
     updates = {k: v for k, v in (("host", args.host), ("port", args.port)) if v is not None}
     settings = settings.model_copy(update=updates)
+    refusal = open_bind_refusal(settings, settings.host)
+    if refusal:
+        print(f"dip serve: error: {refusal}", file=sys.stderr)
+        return 2
     children = default_children(settings, worker_grace_s=args.shutdown_grace)
     try:
         return Supervisor(settings, children=children).run()

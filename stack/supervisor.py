@@ -14,6 +14,7 @@ Tests drive it step by step::
 
 from __future__ import annotations
 
+import ipaddress
 import logging
 import os
 import signal
@@ -32,7 +33,38 @@ from stack.redis_server import RedisServer, RedisStartError
 log = logging.getLogger(__name__)
 
 DEFAULT_REDIS_PORT = 6390
-_LOOPBACK = {"127.0.0.1", "localhost", "::1"}
+
+
+def is_loopback(host: str) -> bool:
+    """Whether binding ``host`` makes the API reachable from this machine only."""
+    if host.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:  # a name other than localhost may resolve anywhere
+        return False
+
+
+def open_bind_refusal(settings: Settings, host: str) -> str | None:
+    """Why the API must not listen on ``host``, or ``None`` if it may.
+
+    Without keys anyone who reaches the API can use it, so it binds to
+    loopback only unless ``DIP_ALLOW_OPEN`` says otherwise.
+    """
+    if settings.auth_enabled or settings.allow_open or is_loopback(host):
+        return None
+    return (f"no API keys are configured (DIP_API_KEYS), so the API would be open to anyone who can "
+            f"reach {host}; refusing to listen there. Set DIP_API_KEYS (and DIP_ADMIN_KEYS), listen "
+            f"on 127.0.0.1, or set DIP_ALLOW_OPEN=true to run open anyway.")
+
+
+def access_line(settings: Settings, host: str) -> str:
+    """One line saying who can use an API listening on ``host``."""
+    if settings.auth_enabled:
+        return (f"access: API key required ({len(settings.api_keys)} API keys, "
+                f"{len(settings.admin_keys)} admin keys configured)")
+    where = "this machine only (loopback)" if is_loopback(host) else f"anyone who can reach {host}"
+    return f"open: no API keys configured; the API is unauthenticated and usable by {where}"
 
 
 @dataclass(frozen=True)
@@ -245,9 +277,7 @@ class Supervisor:
             f"Redis     {redis_where}",
             f"results   {Path(s.results_dir).resolve()}",
         ]
-        if not getattr(s, "api_keys", None):
-            where = "loopback only" if s.host in _LOOPBACK else f"{s.host}: reachable by anyone who can reach it"
-            lines.append(f"open: no API keys configured; anyone can use the API ({where})")
+        lines.append(access_line(s, s.host))
         lines.append("Ctrl-C stops everything.")
         return "\n".join(lines)
 

@@ -30,7 +30,12 @@ def celery_config(settings: Settings) -> dict[str, Any]:
     return {
         "broker_url": settings.redis_url,
         "broker_transport_options": {**transport, "fanout_prefix": True, "fanout_patterns": True},
+        # Reconnect to a restarted or unreachable Redis for as long as it takes: running
+        # jobs go on meanwhile (their lease, not their message, says who runs them).
         "broker_connection_retry_on_startup": True,
+        "broker_connection_retry": True,
+        "broker_connection_max_retries": None,
+        "worker_cancel_long_running_tasks_on_connection_loss": False,
         # Job state lives in the job store; no result backend, so no result keys.
         "result_backend": None,
         "result_backend_transport_options": transport,
@@ -40,8 +45,10 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         "accept_content": ["json"],
         "event_serializer": "json",
         "task_default_queue": settings.queue,
-        # A job is acknowledged only when it ends, and one whose worker process dies
-        # goes back to the queue (the task caps the attempts).
+        # A job is acknowledged only when it ends, and one whose pool process dies goes
+        # back to the queue at once (the task caps the attempts). A whole worker that
+        # dies leaves its message unacknowledged for the visibility timeout: the lease
+        # reaper (worker.recovery) re-queues such a job within seconds instead.
         "task_acks_late": True,
         "task_reject_on_worker_lost": True,
         "worker_prefetch_multiplier": 1,
@@ -50,7 +57,8 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         "worker_concurrency": settings.worker_concurrency,
         # Release memory fragmented by many jobs (and any CUDA context) now and then.
         "worker_max_tasks_per_child": 50,
-        # On SIGTERM, let a running job this long to end before it is handed back.
+        # SIGTERM (warm shutdown) waits for running jobs, which hand themselves back at
+        # once (worker.maintenance); a cold shutdown (SIGQUIT) still gives them this long.
         "worker_soft_shutdown_timeout": 30.0,
     }
 

@@ -1,15 +1,23 @@
 """Housekeeping that ``dip worker`` does on its own, with no beat process.
 
-A worker bootstep runs two jobs on the worker's timer (in the main process,
-between messages): a heartbeat that ``/readyz`` reads, and the retention
-sweep. Redis expires job records by itself; the sweep then deletes what
-Redis cannot: the job directories on the results volume and the index
-entries of expired jobs.
+A worker bootstep runs three jobs on the worker's timer (in the main process,
+between messages): a heartbeat that ``/readyz`` reads; the reaper, which
+re-queues jobs whose worker vanished (their lease lapsed, see
+``worker.recovery``); and the retention sweep. Redis expires job records by
+itself; the sweep then deletes what Redis cannot: the job directories on the
+results volume and the index entries of expired jobs.
+
+When the worker starts shutting down (SIGTERM: Celery's warm shutdown waits
+for running jobs), the step raises the worker's drain flag; each running job
+sees it within a fraction of a second, stops with a checkpoint and hands
+itself back to the queue, so the shutdown is quick and the job resumes on
+another worker.
 """
 
 from __future__ import annotations
 
 import logging
+import os
 import shutil
 import time
 from dataclasses import dataclass
@@ -18,9 +26,12 @@ from typing import Any
 
 import redis.exceptions
 from celery import bootsteps
+from celery.signals import worker_shutting_down
 
+from api.config import Settings
 from api.layout import JOB_ID, STAGING_DIR, job_dir
 from api.store import WorkerStore
+from worker.recovery import Send, reap, worker_sender
 
 log = logging.getLogger(__name__)
 
@@ -65,7 +76,8 @@ def sweep(store: WorkerStore, results_dir: Path, *, now: float | None = None, gr
 
 
 class Maintenance(bootsteps.StartStopStep):
-    """Worker bootstep: heartbeat every few seconds, retention sweep every ``sweep_interval_s``."""
+    """Worker bootstep: heartbeat every few seconds, reaper every half lease, retention sweep
+    every ``sweep_interval_s``; raises the drain flag when the worker shuts down."""
 
     requires = {"celery.worker.components:Timer"}
 
@@ -75,20 +87,28 @@ class Maintenance(bootsteps.StartStopStep):
         self._store: WorkerStore | None = None
         self._name = ""
         self._results_dir = Path()
+        self._settings: Settings | None = None
+        self._send: Send | None = None
 
     def start(self, worker: Any) -> None:
-        settings = worker.app.conf.dip_settings
+        settings = self._settings = worker.app.conf.dip_settings
         self._store = WorkerStore.from_url(settings.redis_url, retention_s=settings.retention_s)
         self._name = worker.hostname
         self._results_dir = settings.results_dir
+        self._send = worker_sender(worker.app, settings)
+        worker_shutting_down.connect(self._drain, weak=False)
         self._beat()
+        reap_every_s = max(1.0, settings.lease_s / 2)
         self._timers = [
             worker.timer.call_repeatedly(HEARTBEAT_INTERVAL_S, self._beat, priority=10),
+            worker.timer.call_after(0.5, self._reap),
+            worker.timer.call_repeatedly(reap_every_s, self._reap),
             worker.timer.call_after(1.0, self._sweep),
             worker.timer.call_repeatedly(settings.sweep_interval_s, self._sweep),
         ]
 
     def stop(self, worker: Any) -> None:
+        worker_shutting_down.disconnect(self._drain)
         for timer in self._timers:
             timer.cancel()
         self._timers = []
@@ -105,6 +125,34 @@ class Maintenance(bootsteps.StartStopStep):
             self._store.heartbeat(self._name)
         except redis.exceptions.RedisError as exc:
             log.warning("heartbeat failed: %s", exc)
+
+    def _reap(self) -> None:
+        try:
+            report = reap(self._store, self._send, max_attempts=self._settings.max_attempts,
+                          dispatch_grace_s=self._settings.lease_s)
+        except Exception as exc:  # noqa: BLE001 - Redis or the broker away: the next round retries
+            log.warning("reaper failed: %s", exc)
+            return
+        for job_id in report.requeued:
+            log.warning("job %s: its worker stopped renewing the lease; re-queued", job_id)
+        for job_id in report.resent:
+            log.warning("job %s: queued without a confirmed message; sent again", job_id)
+        for job_id in report.failed:
+            log.warning("job %s: its worker died on the last allowed attempt; failed", job_id)
+
+    def _drain(self, **_: Any) -> None:
+        # Runs inside Celery's signal handler, which may have interrupted this process's
+        # own Redis calls: a client of its own cannot wait on their connection pool's lock.
+        settings = self._settings
+        store = WorkerStore.from_url(settings.redis_url, retention_s=settings.retention_s)
+        try:
+            store.set_draining(f"{self._name}:{os.getpid()}")
+            log.info("shutting down: running jobs hand themselves back")
+        except redis.exceptions.RedisError as exc:
+            log.warning("could not tell running jobs to hand themselves back (%s); "
+                        "they run on until the worker is stopped", exc)
+        finally:
+            store.close()
 
     def _sweep(self) -> None:
         try:

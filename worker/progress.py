@@ -2,23 +2,40 @@
 
 It publishes small events through a throttle: progress at most every
 ``progress_interval_s``; history points, snapshots and the final progress
-always. Every iteration it may also look at the job's cancel flag, at most
-every ``cancel_poll_s``, so stopping costs the loop next to nothing.
+always. Every iteration it may also look at the job's flags, at most every
+``cancel_poll_s``, so stopping costs the loop next to nothing:
+
+- cancel requested: stop, keep the partial outputs (the job ends ``canceled``);
+- the worker is shutting down (its drain flag), or its main process is gone:
+  stop with a checkpoint and hand the job back (see :attr:`JobReporter.handed_back`);
+- the lease is lost (another worker runs the job now): raise :class:`LeaseLost`
+  at once, so the run writes no outputs and no final status.
+
+While Redis is unreachable the run goes on: progress is skipped, history points
+and snapshots wait and are written in order once Redis answers again.
 """
 
 from __future__ import annotations
 
+import logging
 import math
+import os
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from api.layout import snapshot_file_name
 from api.schemas import Metrics, Progress
 from api.store import RunState, WorkerStore
 from dip_engine.callbacks import Callback, FitState
 from dip_engine.history import LogRecord
+from worker.lease import LeaseKeeper, LeaseLost
+from worker.outage import UNREACHABLE
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
 
 
 class Throttle:
@@ -44,50 +61,83 @@ class Throttle:
 
 
 class JobReporter(Callback):
-    """Publishes a job's progress, history and snapshots; stops the run when it is canceled.
+    """Publishes a job's progress, history and snapshots; stops the run when it must.
 
     Args:
         store: The worker's job store.
-        job_id: The job being run.
+        lease: The lease of the claimed job (its id and token; whether it is lost).
         job_dir: The job's directory (snapshot paths are stored relative to it).
         progress_interval_s: Least time between progress events.
-        cancel_poll_s: Least time between looks at the cancel flag.
+        cancel_poll_s: Least time between looks at the job's flags.
+        worker: ``<node>:<main pid>`` of the worker, whose drain flag is read.
+        parent_pid: The worker's main process; if this process's parent changes
+            (the main process died), the job is handed back. ``None``: not watched.
+        outage_retry_s: While Redis is unreachable, least time between tries.
         clock: Monotonic clock (tests pass a fake one).
     """
 
-    def __init__(self, store: WorkerStore, job_id: str, job_dir: Path, *, progress_interval_s: float,
-                 cancel_poll_s: float = 0.2, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(self, store: WorkerStore, lease: LeaseKeeper, job_dir: Path, *, progress_interval_s: float,
+                 cancel_poll_s: float = 0.2, worker: str = "", parent_pid: int | None = None,
+                 outage_retry_s: float = 1.0, clock: Callable[[], float] = time.monotonic) -> None:
         self._store = store
-        self._job_id = job_id
+        self._lease = lease
+        self._job_id = lease.job_id
         self._job_dir = job_dir
+        self._worker = worker
+        self._parent_pid = parent_pid
         self._progress = Throttle(progress_interval_s, clock=clock)
         self._poll = Throttle(cancel_poll_s, clock=clock)
+        self._outage = Throttle(outage_retry_s, clock=clock)
+        self._redis_away = False
+        # Writes that wait for Redis, in order: a history rewind, points, snapshots.
+        self._rewind_to: int | None = None
+        self._points: list[dict[str, Any]] = []
+        self._snapshots: list[tuple[dict[str, str], dict[str, Any]]] = []
+        self.handed_back = False
 
     def on_fit_start(self, state: FitState) -> None:
         # A resumed run starts at its checkpoint and logs the later points again.
-        self._store.rewind_history(self._job_id, iteration=state.start_iteration)
+        self._rewind_to = state.start_iteration
         # A cancel that came before the first step is obeyed at the first step,
         # so the run has an output to keep.
-        self._publish(state, obey=False)
+        self._publish(state, stop=False)
 
     def on_step(self, state: FitState) -> None:
+        if self._lease.lost:
+            raise LeaseLost(f"job {self._job_id}: lease lost")
         if self._progress.ready():
-            self._publish(state)
+            self._publish(state, stop=True)
         elif self._poll.ready():
-            self._obey(state, self._store.report(self._job_id))
+            self._obey(state, self._write(lambda: self._store.report(
+                self._job_id, token=self._lease.token, worker=self._worker)), stop=True)
 
     def on_log(self, state: FitState, record: LogRecord) -> None:
-        self._store.append_history(self._job_id, _finite(record.to_dict()))
+        self._points.append(_finite(record.to_dict()))
+        self._flush()
 
     def on_snapshot(self, state: FitState, path: Path) -> None:
         name = snapshot_file_name(path)
-        self._store.add_files(self._job_id, {name: path.relative_to(self._job_dir).as_posix()},
-                              event={"iteration": state.iteration, "name": name})
+        self._snapshots.append(({name: path.relative_to(self._job_dir).as_posix()},
+                                {"iteration": state.iteration, "name": name}))
+        self._flush()
 
     def on_fit_end(self, state: FitState) -> None:
-        self._publish(state)
+        # The loop is over: a stop request could only relabel a finished run.
+        self._publish(state, stop=False)
 
-    def _publish(self, state: FitState, *, obey: bool = True) -> None:
+    def flush(self, *, within_s: float) -> bool:
+        """Write the history points and snapshots that still wait for Redis (the run is over),
+        trying for up to ``within_s``; ``False`` if some could not be written."""
+        deadline = time.monotonic() + within_s
+        while not self._flush(wait=False):
+            if time.monotonic() >= deadline:
+                log.warning("job %s: %d history points and %d snapshots could not be written: Redis is away",
+                            self._job_id, len(self._points), len(self._snapshots))
+                return False
+            time.sleep(0.2)
+        return True
+
+    def _publish(self, state: FitState, *, stop: bool) -> None:
         progress = Progress.of(state.iteration, state.total, iterations_per_second=state.iterations_per_second,
                                elapsed_s=state.elapsed_s)
         last = state.last
@@ -100,16 +150,73 @@ class JobReporter(Callback):
         fields = _finite({**progress.model_dump(exclude={"fraction", "eta_seconds"}),
                           "start_iteration": state.start_iteration, **metrics.model_dump()})
         event = _finite({"progress": progress.model_dump(), "metrics": metrics.model_dump()})
-        run_state = self._store.report(self._job_id, fields, event)
+        run_state = self._write(lambda: self._store.report(
+            self._job_id, fields, event, token=self._lease.token, worker=self._worker))
         self._progress.reset()
-        if obey:
-            self._obey(state, run_state)
-            self._poll.reset()  # that write also read the cancel flag
+        self._obey(state, run_state, stop=stop)
+        if stop:
+            self._poll.reset()  # that write also read the flags, and they were obeyed
 
-    @staticmethod
-    def _obey(state: FitState, run_state: RunState) -> None:
-        if run_state is not RunState.running:
+    def _obey(self, state: FitState, run_state: RunState | None, *, stop: bool) -> None:
+        if run_state is RunState.gone and not self._lease.confirm():
+            raise LeaseLost(f"job {self._job_id}: another worker runs it now")
+        if not stop or state.stop_reason is not None:
+            return
+        orphaned = self._parent_pid is not None and os.getppid() != self._parent_pid
+        if run_state is RunState.cancel_requested:
             state.request_stop("canceled")
+        elif run_state is RunState.draining or orphaned:
+            # "canceled" is the engine's stop that saves and keeps a checkpoint: the next run resumes from it.
+            state.request_stop("canceled")
+            self.handed_back = True
+
+    def _write(self, call: Callable[[], T]) -> T | None:
+        """``call()`` after the writes that wait for Redis; ``None`` while Redis is unreachable."""
+        if not self._flush():
+            return None
+        return self._try(call)
+
+    def _flush(self, *, wait: bool = True) -> bool:
+        """Write what waited for Redis, in order; ``False`` if Redis is still away.
+        ``wait=False``: try even if the last try failed less than ``outage_retry_s`` ago."""
+        if self._rewind_to is not None:
+            iteration = self._rewind_to
+            if self._try(lambda: self._store.rewind_history(self._job_id, iteration=iteration,
+                                                            token=self._lease.token), wait=wait) is None:
+                return False
+            self._rewind_to = None
+        while self._points:
+            point = self._points[0]
+            if self._try(lambda: self._store.append_history(self._job_id, point, token=self._lease.token),
+                         wait=wait) is None:
+                return False
+            self._points.pop(0)
+        while self._snapshots:
+            files, event = self._snapshots[0]
+            if self._try(lambda: self._store.add_files(self._job_id, files, event=event,
+                                                       token=self._lease.token), wait=wait) is None:
+                return False
+            self._snapshots.pop(0)
+        return True
+
+    def _try(self, call: Callable[[], T], *, wait: bool = True) -> T | None:
+        # While Redis is away, try at most every outage_retry_s: a connection attempt
+        # to an unreachable host can take a while, and the loop must keep going.
+        if wait and self._redis_away and not self._outage.ready():
+            return None
+        try:
+            result = call()
+        except UNREACHABLE as exc:
+            if not self._redis_away:
+                log.warning("job %s: Redis unreachable (%s); running on, progress is written once it is back",
+                            self._job_id, exc)
+            self._redis_away = True
+            self._outage.reset()
+            return None
+        if self._redis_away:
+            log.info("job %s: Redis is back", self._job_id)
+            self._redis_away = False
+        return result
 
 
 def _finite(values: dict[str, Any]) -> dict[str, Any]:

@@ -13,11 +13,16 @@ from celery.exceptions import SoftTimeLimitExceeded
 from api.config import Settings
 from api.layout import OUT_DIR, job_dir, output_file_name
 from api.schemas import JobCreate
-from api.store import ClaimOutcome, JobRecord, JobStatus, WorkerStore
+from api.store import Claim, ClaimOutcome, JobRecord, JobStatus, WorkerStore
 from dip_engine.errors import InputError
 from dip_engine.restore import RestoreInputs, restore
+from stack.process import pid_alive
 from worker.celery_app import RESTORE_TASK
+from worker.fault_injection import maybe_crash
+from worker.lease import LeaseKeeper, LeaseLost
+from worker.outage import until_redis_answers
 from worker.progress import JobReporter
+from worker.recovery import Send, dispatch, new_dispatch_id, worker_sender
 from worker.signals import select_device
 
 log = logging.getLogger(__name__)
@@ -42,51 +47,121 @@ class JobTask(Task):
 
 @shared_task(name=RESTORE_TASK, base=JobTask, bind=True)
 def restore_job(self: JobTask, job_id: str) -> str:
-    """Run job ``job_id`` unless it was canceled, deleted or failed too often. Returns its final status."""
-    worker = f"{self.request.hostname or 'worker'}:{os.getpid()}"
-    claim = self.store.claim(job_id, worker=worker, max_attempts=self.settings.max_attempts)
+    """Run job ``job_id`` unless it was canceled, deleted, failed too often or runs
+    elsewhere. Returns its status when this delivery is done with it."""
+    node = self.request.hostname or "worker"
+    settings = self.settings
+    claim = until_redis_answers(lambda: _claim(self.store, job_id, node=node, settings=settings),
+                                within_s=settings.redis_retry_s, what=f"the claim of job {job_id}")
     if claim.outcome is not ClaimOutcome.claimed or claim.record is None:
-        log.info("job %s not run: %s", job_id, claim.outcome.value)
+        log.info("job %s not run: %s%s", job_id, claim.outcome.value,
+                 f" (held by {claim.holder})" if claim.holder else "")
         return claim.outcome.value
-    log.info("job %s: attempt %d on %s", job_id, claim.attempt, worker)
-    status = run_job(self.store, claim.record, self.settings)
-    log.info("job %s %s", job_id, status.value)
-    return status.value
+    log.info("job %s: attempt %d on %s:%d", job_id, claim.attempt, node, os.getpid())
+    maybe_crash("crash_on_start", job_id)
+    # The job's own limit travels in its message (Celery enforces it); else the workers' default.
+    time_limit_s = (self.request.timelimit or (None, None))[1] or settings.soft_time_limit_s
+    status = run_job(self.store, claim, settings, worker=f"{node}:{os.getppid()}", parent_pid=os.getppid(),
+                     send=worker_sender(self.app, settings), time_limit_s=time_limit_s)
+    log.info("job %s: %s", job_id, "lease lost, left to its new holder" if status is None else status.value)
+    return "lease_lost" if status is None else status.value
 
 
-def run_job(store: WorkerStore, record: JobRecord, settings: Settings) -> JobStatus:
-    """Run the engine on a claimed job and write its final status, outputs and error."""
+def _claim(store: WorkerStore, job_id: str, *, node: str, settings: Settings) -> Claim:
+    claim = store.claim(job_id, worker=f"{node}:{os.getpid()}", max_attempts=settings.max_attempts,
+                        lease_s=settings.lease_s)
+    if claim.outcome is ClaimOutcome.busy and _died_here(claim.holder, node):
+        # A pool process of this worker held it and was killed; Celery redelivers such a
+        # job at once, and waiting for its lease to lapse would only delay it.
+        claim = store.claim(job_id, worker=f"{node}:{os.getpid()}", max_attempts=settings.max_attempts,
+                            lease_s=settings.lease_s, take_over=claim.holder_token)
+    return claim
+
+
+def _died_here(holder: str, node: str) -> bool:
+    """Whether ``holder`` (``<node>:<pid>``) was a process of this node that no longer exists."""
+    holder_node, _, pid = holder.rpartition(":")
+    return holder_node == node and pid.isdigit() and not pid_alive(int(pid))
+
+
+def run_job(store: WorkerStore, claim: Claim, settings: Settings, *, worker: str, send: Send,
+            parent_pid: int | None = None, time_limit_s: float | None = None) -> JobStatus | None:
+    """Run the engine on a claimed job and write how it ended.
+
+    ``time_limit_s`` is the soft time limit this run is under (for the error message).
+
+    Returns:
+        The final status; ``queued`` if it was handed back (the worker is shutting
+        down); ``None`` if the lease was lost (another worker runs it: nothing written).
+    """
+    record = claim.record
+    assert record is not None
     directory = job_dir(settings.results_dir, record.id)
-    reporter = JobReporter(store, record.id, directory, progress_interval_s=settings.progress_interval_s)
-    error: tuple[str, str] | None = None
-    try:
-        spec = JobCreate.model_validate(record.params).to_spec(device=select_device(settings.device))
-        inputs = RestoreInputs(image=_input(record, directory, "input."), mask=_input(record, directory, "mask."),
-                               reference=_input(record, directory, "reference."))
-        result = restore(spec, inputs, directory / OUT_DIR, callbacks=[reporter],
-                         checkpoint_every=settings.checkpoint_every, resume=True, max_pixels=settings.max_pixels,
-                         max_iterations=settings.max_iterations)
-    except InputError as exc:
-        error = (exc.code, exc.message)
-    except SoftTimeLimitExceeded:
-        error = ("time_limit", f"the job ran longer than the {settings.soft_time_limit_s} s time limit")
-    except Exception as exc:  # noqa: BLE001 - any engine failure ends the job, never the worker
-        log.exception("job %s failed", record.id)
-        error = ("internal_error", f"{type(exc).__name__}: {exc}")
-    status = JobStatus.failed
-    fields: dict[str, Any] = {}
-    files: dict[str, str] = {}
-    if error is None:
-        status = JobStatus.canceled if result.stop_reason == "canceled" else JobStatus.succeeded
-        files = {output_file_name(kind, path): path.relative_to(directory).as_posix()
-                 for kind, path in result.files.items() if path.is_file()}
-        fields = {"stop_reason": result.stop_reason, "iteration": result.iterations,
-                  "best_iteration": result.best_iteration, "early_stop_iteration": result.early_stop_iteration,
-                  "psnr_best": result.psnr_best, "psnr_output": result.psnr_output}
-    if not store.finish(record.id, status, fields=fields, files=files, error=error):
-        log.warning("job %s was no longer running (deleted?); its end (%s) is not recorded",
+    with LeaseKeeper(store, record.id, claim.token, lease_s=settings.lease_s) as lease:
+        reporter = JobReporter(store, lease, directory, progress_interval_s=settings.progress_interval_s,
+                               worker=worker, parent_pid=parent_pid)
+        error: tuple[str, str] | None = None
+        try:
+            spec = JobCreate.model_validate(record.params).to_spec(device=select_device(settings.device))
+            inputs = RestoreInputs(image=_input(record, directory, "input."),
+                                   mask=_input(record, directory, "mask."),
+                                   reference=_input(record, directory, "reference."))
+            result = restore(spec, inputs, directory / OUT_DIR, callbacks=[reporter],
+                             checkpoint_every=settings.checkpoint_every, resume=True,
+                             max_pixels=settings.max_pixels, max_iterations=settings.max_iterations)
+        except LeaseLost as exc:
+            log.warning("%s; stopping without writing its end", exc)
+            return None
+        except InputError as exc:
+            error = (exc.code, exc.message)
+        except SoftTimeLimitExceeded:
+            limit_s = time_limit_s or settings.soft_time_limit_s
+            error = ("time_limit", f"the job ran longer than its {limit_s:g} s time limit")
+        except Exception as exc:  # noqa: BLE001 - any engine failure ends the job, never the worker
+            log.exception("job %s failed", record.id)
+            error = ("internal_error", f"{type(exc).__name__}: {exc}")
+        reporter.flush(within_s=settings.redis_retry_s)
+        if error is None and reporter.handed_back:
+            lease.stop()
+            return _hand_back(store, lease, settings, send)
+        status = JobStatus.failed
+        fields: dict[str, Any] = {}
+        files: dict[str, str] = {}
+        if error is None:
+            status = JobStatus.canceled if result.stop_reason == "canceled" else JobStatus.succeeded
+            files = {output_file_name(kind, path): path.relative_to(directory).as_posix()
+                     for kind, path in result.files.items() if path.is_file()}
+            fields = {"stop_reason": result.stop_reason, "iteration": result.iterations,
+                      "best_iteration": result.best_iteration, "early_stop_iteration": result.early_stop_iteration,
+                      "psnr_best": result.psnr_best, "psnr_output": result.psnr_output}
+        # The lease is still renewed while this waits out a Redis outage.
+        recorded = until_redis_answers(
+            lambda: store.finish(record.id, status, token=lease.token, fields=fields, files=files, error=error),
+            within_s=settings.redis_retry_s, what=f"the end of job {record.id}")
+    if not recorded:
+        log.warning("job %s no longer held by this worker (taken over or deleted); its end (%s) is not recorded",
                     record.id, status.value)
+        return None
     return status
+
+
+def _hand_back(store: WorkerStore, lease: LeaseKeeper, settings: Settings, send: Send) -> JobStatus | None:
+    """Re-queue a job stopped for the worker's shutdown, with a new message (its checkpoint is kept)."""
+    dispatch_id = new_dispatch_id()
+    handed = until_redis_answers(
+        lambda: store.hand_back(lease.job_id, token=lease.token, dispatch_id=dispatch_id,
+                                dispatch_grace_s=settings.lease_s),
+        within_s=settings.redis_retry_s, what=f"the hand-back of job {lease.job_id}")
+    if not handed:
+        log.warning("job %s: lease lost before it could be handed back", lease.job_id)
+        return None
+    try:
+        dispatch(store, lease.job_id, dispatch_id, send)
+    except Exception as exc:  # noqa: BLE001 - the job is queued either way; a reaper sends it later
+        log.warning("job %s handed back, but its message could not be sent (%s); a reaper will send it "
+                    "within %.0f s", lease.job_id, exc, settings.lease_s)
+    log.info("job %s handed back to the queue", lease.job_id)
+    return JobStatus.queued
 
 
 def _input(record: JobRecord, directory: Path, prefix: str) -> Path | None:

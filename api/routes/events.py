@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import json
+import logging
 import re
 from collections.abc import AsyncIterator
 from typing import Annotated
 
+import redis.exceptions
 from fastapi import APIRouter, Header, Request
 from sse_starlette import EventSourceResponse, ServerSentEvent
 
@@ -15,6 +17,8 @@ from api.errors import ApiError
 from api.schemas import ErrorBody
 from api.store import EventType, JobStatus, JobStore
 from api.views import job_url
+
+log = logging.getLogger(__name__)
 
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"], responses=AUTH_RESPONSES)
 
@@ -50,6 +54,17 @@ async def stream_events(
 
 
 async def _events(store: JobStore, job_id: str, after: str, files_url: str) -> AsyncIterator[ServerSentEvent]:
+    try:
+        async for event in _job_events(store, job_id, after, files_url):
+            yield event
+    except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError) as exc:
+        # The answer has started: no error status can be sent any more. Ending the
+        # stream makes the client reconnect (EventSource does) and resume at its
+        # Last-Event-ID, instead of the server failing the connection.
+        log.warning("event stream of job %s ended early: Redis unavailable: %s", job_id, exc)
+
+
+async def _job_events(store: JobStore, job_id: str, after: str, files_url: str) -> AsyncIterator[ServerSentEvent]:
     while True:
         events = await store.read_events(job_id, after=after, block_ms=None)
         if not events:

@@ -65,7 +65,8 @@ async def list_jobs(
     store: StoreDep,
     status_: Annotated[JobStatus | None, Query(alias="status", description="Only jobs in this status.")] = None,
     limit: Annotated[int, Query(ge=1, le=100, description="Page size.")] = 20,
-    cursor: Annotated[str | None, Query(max_length=200, description="`next_cursor` of the previous page.")] = None,
+    cursor: Annotated[str | None, Query(pattern=r"^[A-Za-z0-9_-]{1,200}$",
+                                        description="`next_cursor` of the previous page.")] = None,
 ) -> JobList:
     """Your own jobs (an admin key: everyone's). Filtered by `status`, a page may hold fewer
     than `limit` jobs and still have a `next_cursor`."""

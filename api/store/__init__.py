@@ -7,9 +7,9 @@ the worker processes; both run the same atomic scripts over the same keys.
 from .jobs import InvalidCursor, JobStore, StoreStats
 from .keys import Keys
 from .records import EventType, JobEvent, JobRecord, JobStatus
-from .worker import Claim, ClaimOutcome, RunState, WorkerStore
+from .worker import Claim, ClaimOutcome, ReapOutcome, Renewal, RunState, WorkerStore
 
 __all__ = [
     "Claim", "ClaimOutcome", "EventType", "InvalidCursor", "JobEvent", "JobRecord", "JobStatus",
-    "JobStore", "Keys", "RunState", "StoreStats", "WorkerStore",
+    "JobStore", "Keys", "ReapOutcome", "Renewal", "RunState", "StoreStats", "WorkerStore",
 ]

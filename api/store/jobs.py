@@ -17,6 +17,13 @@ from .records import EventType, JobEvent, JobRecord, JobStatus, encode_fields
 
 # Longer than any blocking read of the event streams (see read_events).
 _SOCKET_TIMEOUT_S = 30.0
+# Redis connections: requests share one pool; blocking reads of event streams (one
+# per open SSE connection, each held for seconds) have their own, so that however
+# many clients follow jobs, status reads still find a connection. A request waits
+# for a free connection rather than fail at once.
+_POOL_SIZE = 256
+_STREAM_POOL_SIZE = 4096
+_POOL_WAIT_S = 10.0
 # Index entries one listing request reads at most while filtering an owner's jobs by
 # status: a page may come back short (with a cursor) rather than scan without bound.
 _MAX_SCAN = 1000
@@ -61,18 +68,32 @@ class StoreStats:
 
 
 class JobStore(StoreBase):
-    """Job records as the API sees them. Build with :meth:`from_url`; close with :meth:`aclose`."""
+    """Job records as the API sees them. Build with :meth:`from_url`; close with :meth:`aclose`.
+
+    Args:
+        client: For every command but blocking stream reads.
+        stream_client: For blocking reads of event streams (default ``client``).
+        options: As :class:`StoreBase`.
+    """
+
+    def __init__(self, client: Any, *, stream_client: Any = None, **options: Any) -> None:
+        super().__init__(client, **options)
+        self._stream_client = stream_client or client
 
     @classmethod
     def from_url(cls, url: str, **options: Any) -> JobStore:
-        client = aioredis.Redis.from_url(
-            url, decode_responses=True, socket_connect_timeout=5, socket_timeout=_SOCKET_TIMEOUT_S,
-            health_check_interval=30,
-        )
-        return cls(client, **options)
+        def client(size: int) -> aioredis.Redis:
+            pool = aioredis.BlockingConnectionPool.from_url(
+                url, max_connections=size, timeout=_POOL_WAIT_S, decode_responses=True, socket_connect_timeout=5,
+                socket_timeout=_SOCKET_TIMEOUT_S, health_check_interval=30)
+            return aioredis.Redis.from_pool(pool)  # closes the pool when closed
+
+        return cls(client(_POOL_SIZE), stream_client=client(_STREAM_POOL_SIZE), **options)
 
     async def aclose(self) -> None:
         await self.client.aclose()
+        if self._stream_client is not self.client:
+            await self._stream_client.aclose()
 
     async def ping(self) -> bool:
         return bool(await self.client.ping())
@@ -209,7 +230,8 @@ class JobStore(StoreBase):
         up to ``block_ms`` (< 25 s) for the first one (``None``: don't wait)."""
         if block_ms is not None and not 0 < block_ms < (_SOCKET_TIMEOUT_S - 5) * 1000:
             raise ValueError(f"block_ms must be in 1..{(_SOCKET_TIMEOUT_S - 5) * 1000:.0f} or None, got {block_ms!r}")
-        reply = await self.client.xread({self.keys.events(job_id): after}, count=count, block=block_ms)
+        client = self.client if block_ms is None else self._stream_client
+        reply = await client.xread({self.keys.events(job_id): after}, count=count, block=block_ms)
         entries = reply[0][1] if reply else []
         return [JobEvent(id=entry_id, type=EventType(data["type"]), data=json.loads(data["data"]))
                 for entry_id, data in entries]

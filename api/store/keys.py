@@ -10,8 +10,10 @@ by creation time, for listing and queue positions), ``<p>:idem:<owner>:<key>``
 (idempotency key -> job id), ``<p>:owner:<owner>:jobs`` and
 ``<p>:owner:<owner>:queued`` (sorted sets: an owner's jobs, and those that
 were queued when last counted), ``<p>:workers`` (sorted set of worker names
-scored by their last heartbeat) and ``<p>:stats:durations`` (hash of job
-duration histogram counters).
+scored by their last heartbeat), ``<p>:stats:durations`` (hash of job
+duration histogram counters), ``<p>:leases`` (sorted set of running jobs
+scored by the expiry of their lease) and ``<p>:draining:<worker>`` (flag of
+a worker that is shutting down).
 """
 
 from __future__ import annotations
@@ -73,6 +75,16 @@ class Keys:
     @property
     def durations(self) -> str:
         return f"{self.prefix}:stats:durations"
+
+    @property
+    def leases(self) -> str:
+        """Sorted set: ids of running jobs (and of re-queued ones awaiting their message),
+        scored by when their lease expires (Redis clock)."""
+        return f"{self.prefix}:leases"
+
+    def draining(self, worker: str) -> str:
+        """Flag set while ``worker`` (``<node name>:<main pid>``) shuts down: its jobs hand themselves back."""
+        return f"{self.prefix}:draining:{worker}"
 
     def job_script_keys(self, job_id: str, *extra: str) -> list[str]:
         """KEYS for a job script: the job's four keys, the status indexes, then ``extra``."""

@@ -12,7 +12,9 @@ class JobStatus(str, Enum):
     """Lifecycle of a job: ``queued -> running -> succeeded | failed | canceled``.
 
     A queued job can also go straight to ``canceled`` (never started) or
-    ``failed`` (its worker died too often).
+    ``failed`` (its worker died too often). A running job goes back to
+    ``queued`` when its worker hands it back (shutting down) or vanished
+    (its lease lapsed); it then resumes from its last checkpoint.
     """
 
     queued = "queued"

@@ -146,49 +146,93 @@ end
 return status
 """
 
-# ARGV 4: worker name, 5: attempt cap, 6: message when the cap is passed.
-# Returns {outcome, attempts}: "claimed", "gave_up" (now failed), "missing" or the status it had.
+# A running job is held by a lease: a token in its record (``lease_token``) and an expiry on
+# the Redis clock, kept both in the record and in the lease index (a sorted set scored by
+# expiry, where reapers look). The holder renews it; writes of a run check the token, so a
+# worker that lost its lease (paused, cut off) can no longer change the job.
+_LEASE = """
+local function lease_live(t)
+  return (tonumber(redis.call('HGET', JOB, 'lease_expires_at')) or 0) > t
+end
+
+local function holds(token)
+  return redis.call('HGET', JOB, 'status') == 'running' and redis.call('HGET', JOB, 'lease_token') == token
+end
+
+local function hold(leases, t, lease_s)
+  local expires = t + tonumber(lease_s)
+  redis.call('HSET', JOB, 'lease_expires_at', fmt(expires))
+  redis.call('ZADD', leases, expires, ID)
+end
+
+local function release(leases)
+  redis.call('ZREM', leases, ID)
+  redis.call('HDEL', JOB, 'lease_token', 'lease_expires_at', 'dispatch')
+end
+
+-- Queued, but nobody is sure its message was sent: a reaper sends it again after the
+-- grace unless confirm_dispatch clears the entry first.
+local function await_dispatch(leases, t, dispatch_id, grace_s)
+  redis.call('HSET', JOB, 'dispatch', dispatch_id)
+  redis.call('ZADD', leases, t + tonumber(grace_s), ID)
+end
+"""
+
+# ARGV 4: worker name, 5: attempt cap, 6: message when the cap is passed, 7: lease token,
+# 8: lease in seconds, 9: token of a live lease to take over ("": none). KEYS 11: the lease index.
+# Returns {outcome, attempts, holder, holder token}: "claimed", "busy" (a live lease of another
+# holder runs it), "gave_up" (now failed), "missing" or the status it had.
 _CLAIM = """
 local status = redis.call('HGET', JOB, 'status')
 if not status then return {'missing', 0} end
 if status ~= 'queued' and status ~= 'running' then return {status, 0} end
+local t = now()
+if status == 'running' then
+  local holder = redis.call('HGET', JOB, 'lease_token') or ''
+  if lease_live(t) and holder ~= ARGV[9] then
+    return {'busy', tonumber(redis.call('HGET', JOB, 'attempts')) or 0, redis.call('HGET', JOB, 'worker') or '', holder}
+  end
+end
 local attempts = redis.call('HINCRBY', JOB, 'attempts', 1)
 if attempts > tonumber(ARGV[5]) then
   finish(status, 'failed', {code='worker_lost', message=ARGV[6]})
+  release(KEYS[11])
   return {'gave_up', attempts}
 end
-local t = fmt(now())
-if status == 'queued' then
-  move('queued', 'running')
-  redis.call('HSET', JOB, 'started_at', t)
-end
-redis.call('HSET', JOB, 'worker', ARGV[4], 'heartbeat_at', t)
+if status == 'queued' then move('queued', 'running') end
+if not redis.call('HGET', JOB, 'started_at') then redis.call('HSET', JOB, 'started_at', fmt(t)) end
+redis.call('HSET', JOB, 'worker', ARGV[4], 'heartbeat_at', fmt(t), 'lease_token', ARGV[7])
+redis.call('HDEL', JOB, 'dispatch')
+hold(KEYS[11], t, ARGV[8])
 emit('status', cjson.encode({status='running', attempt=attempts}))
 return {'claimed', attempts}
 """
 
-# ARGV 4: fields (JSON object), 5: progress event data (JSON) or "".
-# Returns 0 if the job is no longer running, 2 if a cancel was requested, else 1.
+# ARGV 4: fields (JSON object), 5: progress event data (JSON) or "", 6: lease token.
+# KEYS 11: the drain flag of the worker running it. Returns 0 if the job no longer runs
+# under this lease, 2 if a cancel was requested, 3 if its worker is shutting down, else 1.
 _PROGRESS = """
-if redis.call('HGET', JOB, 'status') ~= 'running' then return 0 end
+if not holds(ARGV[6]) then return 0 end
 hset_json(JOB, ARGV[4])
 redis.call('HSET', JOB, 'heartbeat_at', fmt(now()))
 if ARGV[5] ~= '' then emit('progress', ARGV[5]) end
 if redis.call('HGET', JOB, 'cancel_requested') == '1' then return 2 end
+if redis.call('EXISTS', KEYS[11]) == 1 then return 3 end
 return 1
 """
 
-# ARGV 4: one history point (JSON). Keys created after submission share the job's expiry.
+# ARGV 4: one history point (JSON), 5: lease token. Keys created after submission share the job's expiry.
 _APPEND_HISTORY = """
 local ttl = redis.call('PTTL', JOB)
-if ttl < 0 then return 0 end
+if ttl < 0 or not holds(ARGV[5]) then return 0 end
 redis.call('RPUSH', HISTORY, ARGV[4])
 redis.call('PEXPIRE', HISTORY, ttl)
 return 1
 """
 
-# ARGV 4: iteration. Drops points logged after it (a resumed run logs them again).
+# ARGV 4: iteration, 5: lease token. Drops points logged after it (a resumed run logs them again).
 _REWIND_HISTORY = """
+if not holds(ARGV[5]) then return -1 end
 local keep = 0
 for i, raw in ipairs(redis.call('LRANGE', HISTORY, 0, -1)) do
   if cjson.decode(raw).iteration > tonumber(ARGV[4]) then break end
@@ -198,20 +242,24 @@ if keep == 0 then redis.call('DEL', HISTORY) else redis.call('LTRIM', HISTORY, 0
 return keep
 """
 
-# ARGV 4: files (JSON object), 5: snapshot event data (JSON) or "".
+# ARGV 4: files (JSON object), 5: snapshot event data (JSON) or "", 6: lease token.
 _ADD_FILES = """
-if redis.call('HGET', JOB, 'status') ~= 'running' then return 0 end
+if not holds(ARGV[6]) then return 0 end
 hset_json(FILES, ARGV[4])
 if ARGV[5] ~= '' then emit('snapshot', ARGV[5]) end
 return 1
 """
 
 # ARGV 4: final status, 5: fields (JSON object), 6: files (JSON object), 7: error (JSON) or "",
-# 8: duration histogram bounds ("1,5,30"). KEYS 11: the duration statistics hash.
-# Returns "ok", or the status the job had if it was not running (nothing changed).
+# 8: duration histogram bounds ("1,5,30"), 9: lease token. KEYS 11: the duration statistics
+# hash, 12: the lease index. Returns "ok", or the status the job had if it was not running
+# under this lease (nothing changed).
 _FINISH = """
 local status = redis.call('HGET', JOB, 'status')
-if status ~= 'running' then return status or 'missing' end
+-- Also 'queued' with our token: a reaper took the job back while we could not reach Redis
+-- and nobody has started it since; the run did end, so its end counts.
+local ours = redis.call('HGET', JOB, 'lease_token') == ARGV[9]
+if not ours or (status ~= 'running' and status ~= 'queued') then return status or 'missing' end
 hset_json(JOB, ARGV[5])
 hset_json(FILES, ARGV[6])
 local to = ARGV[4]
@@ -223,7 +271,8 @@ redis.call('HINCRBY', KEYS[11], to .. ':count', 1)
 redis.call('HINCRBYFLOAT', KEYS[11], to .. ':sum', duration)
 local error = nil
 if ARGV[7] ~= '' then error = cjson.decode(ARGV[7]) end
-finish('running', to, error)
+finish(status, to, error)
+release(KEYS[12])
 return 'ok'
 """
 
@@ -238,6 +287,81 @@ redis.call('DEL', JOB, FILES, HISTORY, EVENTS)
 for _, index in pairs(INDEX) do redis.call('ZREM', index, ID) end
 redis.call('ZREM', ALL, ID)
 return status or 'missing'
+"""
+
+# ARGV 4: lease token, 5: lease in seconds. KEYS 11: the lease index.
+# Returns 1 (renewed), 2 (taken back: a reaper had re-queued the job while this holder could
+# not reach Redis, and no one has claimed it since) or 0 (lost: the holder must stop).
+_RENEW = """
+local status = redis.call('HGET', JOB, 'status')
+if redis.call('HGET', JOB, 'lease_token') ~= ARGV[4] or (status ~= 'running' and status ~= 'queued') then
+  return 0
+end
+local t = now()
+hold(KEYS[11], t, ARGV[5])
+redis.call('HSET', JOB, 'heartbeat_at', fmt(t))
+if status == 'running' then return 1 end
+move('queued', 'running')
+redis.call('HDEL', JOB, 'dispatch')
+emit('status', cjson.encode({status='running', attempt=tonumber(redis.call('HGET', JOB, 'attempts'))}))
+return 2
+"""
+
+# ARGV 4: lease token, 5: dispatch id, 6: dispatch grace in seconds, 7: reason (for the event).
+# KEYS 11: the lease index. A run that stopped early to be resumed elsewhere (its worker is
+# shutting down) puts the job back in the queue; the attempt does not count against the cap.
+# Returns 1, or 0 if this lease no longer holds the job.
+_HAND_BACK = """
+if not holds(ARGV[4]) then return 0 end
+move('running', 'queued')
+redis.call('HINCRBY', JOB, 'attempts', -1)
+redis.call('HDEL', JOB, 'lease_token', 'lease_expires_at', 'worker')
+await_dispatch(KEYS[11], now(), ARGV[5], ARGV[6])
+emit('status', cjson.encode({status='queued', reason=ARGV[7]}))
+return 1
+"""
+
+# ARGV 4: attempt cap, 5: message when the cap is reached, 6: dispatch id, 7: dispatch grace
+# in seconds. KEYS 11: the lease index. For a job whose lease-index entry has expired:
+# "requeued" (running, but its holder stopped renewing: now queued, send it again),
+# "dispatch" (queued, its message maybe never sent: send it again), "failed" (the attempt cap
+# is reached: now failed), "live" (renewed meanwhile) or "gone" (ended or deleted).
+_REAP = """
+local expires = redis.call('ZSCORE', KEYS[11], ID)
+if not expires then return 'gone' end
+local t = now()
+if tonumber(expires) > t then return 'live' end
+local status = redis.call('HGET', JOB, 'status')
+if status ~= 'running' and status ~= 'queued' then
+  redis.call('ZREM', KEYS[11], ID)
+  return 'gone'
+end
+local reply = 'dispatch'
+if status == 'running' then
+  if (tonumber(redis.call('HGET', JOB, 'attempts')) or 0) >= tonumber(ARGV[4]) then
+    finish('running', 'failed', {code='worker_lost', message=ARGV[5]})
+    release(KEYS[11])
+    return 'failed'
+  end
+  move('running', 'queued')
+  -- The token stays until another worker claims the job: a holder that was only cut off
+  -- from Redis takes it back on its next renewal.
+  redis.call('HDEL', JOB, 'lease_expires_at', 'worker')
+  emit('status', cjson.encode({status='queued', reason='lease_expired'}))
+  reply = 'requeued'
+end
+await_dispatch(KEYS[11], t, ARGV[6], ARGV[7])
+return reply
+"""
+
+# ARGV 4: dispatch id. KEYS 11: the lease index. The message of that dispatch was sent.
+_CONFIRM_DISPATCH = """
+if redis.call('HGET', JOB, 'status') ~= 'queued' or redis.call('HGET', JOB, 'dispatch') ~= ARGV[4] then
+  return 0
+end
+redis.call('ZREM', KEYS[11], ID)
+redis.call('HDEL', JOB, 'dispatch')
+return 1
 """
 
 # KEYS 1: workers index. ARGV 1: worker name, 2: forget workers silent for this many seconds.
@@ -272,6 +396,10 @@ class Scripts:
     delete: Any
     heartbeat: Any
     live_workers: Any
+    renew: Any
+    hand_back: Any
+    reap: Any
+    confirm_dispatch: Any
     queued_counts: Any
 
     @classmethod
@@ -280,8 +408,9 @@ class Scripts:
             "create": _CREATE, "cancel": _CANCEL, "claim": _CLAIM, "progress": _PROGRESS,
             "append_history": _APPEND_HISTORY, "rewind_history": _REWIND_HISTORY,
             "add_files": _ADD_FILES, "finish": _FINISH, "delete": _DELETE,
+            "renew": _RENEW, "hand_back": _HAND_BACK, "reap": _REAP, "confirm_dispatch": _CONFIRM_DISPATCH,
         }
-        scripts = {name: client.register_script(_PRELUDE + body) for name, body in job_script.items()}
+        scripts = {name: client.register_script(_PRELUDE + _LEASE + body) for name, body in job_script.items()}
         scripts["heartbeat"] = client.register_script(_HEARTBEAT)
         scripts["live_workers"] = client.register_script(_LIVE_WORKERS)
         scripts["queued_counts"] = client.register_script(_QUEUED_COUNTS)

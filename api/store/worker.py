@@ -1,12 +1,15 @@
-"""The worker's side of the job records (blocking client): claim, report, finish, sweep."""
+"""The worker's side of the job records (blocking client): claim, lease, report, finish, reap, sweep."""
 
 from __future__ import annotations
 
+import secrets
 from dataclasses import dataclass
 from enum import Enum
 from typing import Any
 
 import redis
+from redis.backoff import NoBackoff
+from redis.retry import Retry
 
 from .base import DURATION_BUCKETS, StoreBase, to_json
 from .records import JobRecord, JobStatus, encode_fields
@@ -14,6 +17,7 @@ from .records import JobRecord, JobStatus, encode_fields
 
 class ClaimOutcome(str, Enum):
     claimed = "claimed"    # this delivery runs the job
+    busy = "busy"          # a live lease of another holder runs it: drop this delivery
     gave_up = "gave_up"    # attempt cap passed: the job is now failed
     missing = "missing"    # deleted or expired
     finished = "finished"  # already terminal (canceled while queued, or a late redelivery)
@@ -21,9 +25,15 @@ class ClaimOutcome(str, Enum):
 
 @dataclass(frozen=True)
 class Claim:
+    """What a claim found. ``token`` is the new lease's (when claimed); ``holder`` and
+    ``holder_token`` name the live lease that made it ``busy``."""
+
     outcome: ClaimOutcome
     attempt: int
     record: JobRecord | None
+    token: str = ""
+    holder: str = ""
+    holder_token: str = ""
 
 
 class RunState(str, Enum):
@@ -31,17 +41,44 @@ class RunState(str, Enum):
 
     running = "running"
     cancel_requested = "cancel_requested"
-    gone = "gone"  # no longer running here: deleted, expired or finished elsewhere
+    draining = "draining"  # the worker is shutting down: hand the job back
+    gone = "gone"  # no longer running under this lease: deleted, expired, finished or taken over
+
+
+class Renewal(str, Enum):
+    renewed = "renewed"
+    taken_back = "taken_back"  # a reaper had re-queued it, nobody had claimed it: running again
+    lost = "lost"              # another worker holds it now, or it ended: stop
+
+
+class ReapOutcome(str, Enum):
+    requeued = "requeued"  # its worker stopped renewing the lease: queued again, send a message
+    dispatch = "dispatch"  # queued, but its message may never have been sent: send one
+    failed = "failed"      # its worker died with the last allowed attempt
+    live = "live"          # renewed meanwhile
+    gone = "gone"          # ended or deleted
+
+
+def attempt_cap_message(max_attempts: int) -> str:
+    return (f"the job was started {max_attempts} times and each time the worker running it "
+            f"died or was killed; giving up (attempt cap {max_attempts})")
 
 
 class WorkerStore(StoreBase):
     """Job records as a worker process sees them. Build with :meth:`from_url` in the
-    process that uses it (after the fork)."""
+    process that uses it (after the fork).
+
+    Every write of a run carries the run's lease ``token``: once another worker has
+    taken the job over, the old holder's writes change nothing.
+    """
 
     @classmethod
     def from_url(cls, url: str, **options: Any) -> WorkerStore:
+        # Fail fast while Redis is away (the caller decides what to retry); the one
+        # retry replaces a pooled connection that a Redis restart has closed.
         client = redis.Redis.from_url(
-            url, decode_responses=True, socket_connect_timeout=5, health_check_interval=30
+            url, decode_responses=True, socket_connect_timeout=2, socket_timeout=10,
+            health_check_interval=30, retry=Retry(NoBackoff(), 1),
         )
         return cls(client, **options)
 
@@ -53,48 +90,100 @@ class WorkerStore(StoreBase):
             self._queue_reads(pipe, job_id)
             return self._parse_reads(pipe.execute())[0]
 
-    def claim(self, job_id: str, *, worker: str, max_attempts: int) -> Claim:
-        """Mark a delivered job running, counting the attempt.
+    def claim(self, job_id: str, *, worker: str, max_attempts: int, lease_s: float,
+              take_over: str = "") -> Claim:
+        """Mark a delivered job running under a new lease, counting the attempt.
 
-        A job found ``running`` is a redelivery after its worker died: it is
-        taken over. Past ``max_attempts`` the job is failed instead.
+        A job found ``running`` whose lease has expired (its worker died) is taken
+        over; one whose lease is live is left alone (``busy``) unless ``take_over``
+        is that lease's token. Past ``max_attempts`` the job is failed instead.
         """
-        message = (f"the job was started {max_attempts} times and each time the worker running it "
-                   f"died or was killed; giving up (attempt cap {max_attempts})")
-        reply, attempt = self._scripts.claim(**self._job_call(job_id, worker, max_attempts, message))
+        token = secrets.token_urlsafe(12)
+        reply = self._scripts.claim(**self._job_call(
+            job_id, worker, max_attempts, attempt_cap_message(max_attempts), token, lease_s, take_over,
+            extra_keys=(self.keys.leases,)))
+        outcome_name, attempt = reply[0], int(reply[1])
         # Any other reply is the terminal status the job already had.
-        outcome = ClaimOutcome(reply) if reply in ClaimOutcome.__members__ else ClaimOutcome.finished
+        outcome = ClaimOutcome(outcome_name) if outcome_name in ClaimOutcome.__members__ else ClaimOutcome.finished
+        if outcome is ClaimOutcome.busy:
+            return Claim(outcome, attempt, None, holder=reply[2], holder_token=reply[3])
         record = self.get(job_id) if outcome is ClaimOutcome.claimed else None
-        return Claim(outcome=outcome, attempt=int(attempt), record=record)
+        return Claim(outcome, attempt, record, token=token if outcome is ClaimOutcome.claimed else "")
 
-    def report(self, job_id: str, fields: dict[str, Any] | None = None,
-               event: dict[str, Any] | None = None) -> RunState:
-        """Write progress fields and (optionally) a progress event; learn whether to stop."""
+    def renew(self, job_id: str, *, token: str, lease_s: float) -> Renewal:
+        """Extend the lease ``token`` holds by ``lease_s`` from now (Redis clock)."""
+        code = int(self._scripts.renew(**self._job_call(job_id, token, lease_s, extra_keys=(self.keys.leases,))))
+        return {0: Renewal.lost, 1: Renewal.renewed, 2: Renewal.taken_back}[code]
+
+    def report(self, job_id: str, fields: dict[str, Any] | None = None, event: dict[str, Any] | None = None,
+               *, token: str, worker: str = "") -> RunState:
+        """Write progress fields and (optionally) a progress event; learn whether to stop.
+
+        ``worker`` (``<node>:<main pid>``) names the worker whose drain flag is read.
+        """
         code = self._scripts.progress(**self._job_call(
-            job_id, to_json(encode_fields(fields or {})), "" if event is None else to_json(event)))
-        return {0: RunState.gone, 1: RunState.running, 2: RunState.cancel_requested}[int(code)]
+            job_id, to_json(encode_fields(fields or {})), "" if event is None else to_json(event), token,
+            extra_keys=(self.keys.draining(worker),)))
+        return {0: RunState.gone, 1: RunState.running, 2: RunState.cancel_requested,
+                3: RunState.draining}[int(code)]
 
-    def append_history(self, job_id: str, point: dict[str, Any]) -> None:
-        self._scripts.append_history(**self._job_call(job_id, to_json(point)))
+    def append_history(self, job_id: str, point: dict[str, Any], *, token: str) -> bool:
+        return bool(self._scripts.append_history(**self._job_call(job_id, to_json(point), token)))
 
-    def rewind_history(self, job_id: str, *, iteration: int) -> None:
+    def rewind_history(self, job_id: str, *, iteration: int, token: str) -> bool:
         """Forget points logged after ``iteration`` (a resumed run logs them again)."""
-        self._scripts.rewind_history(**self._job_call(job_id, iteration))
+        return int(self._scripts.rewind_history(**self._job_call(job_id, iteration, token))) >= 0
 
-    def add_files(self, job_id: str, files: dict[str, str], *, event: dict[str, Any] | None = None) -> None:
+    def add_files(self, job_id: str, files: dict[str, str], *, token: str,
+                  event: dict[str, Any] | None = None) -> bool:
         """Publish files written while running (name -> path in the job directory)."""
-        self._scripts.add_files(**self._job_call(job_id, to_json(files), "" if event is None else to_json(event)))
+        return bool(self._scripts.add_files(**self._job_call(
+            job_id, to_json(files), "" if event is None else to_json(event), token)))
 
-    def finish(self, job_id: str, status: JobStatus, *, fields: dict[str, Any] | None = None,
+    def finish(self, job_id: str, status: JobStatus, *, token: str, fields: dict[str, Any] | None = None,
                files: dict[str, str] | None = None, error: tuple[str, str] | None = None) -> bool:
-        """Move a running job to a terminal ``status``; ``False`` if it was not running."""
+        """Move the job held by ``token`` to a terminal ``status``; ``False`` if it no longer holds it."""
         if not status.is_terminal:
             raise ValueError(f"status must be terminal, got {status.value!r}")
         error_json = "" if error is None else to_json({"code": error[0], "message": error[1]})
         reply = self._scripts.finish(**self._job_call(
             job_id, status.value, to_json(encode_fields(fields or {})), to_json(files or {}), error_json,
-            ",".join(str(b) for b in DURATION_BUCKETS), extra_keys=(self.keys.durations,)))
+            ",".join(str(b) for b in DURATION_BUCKETS), token,
+            extra_keys=(self.keys.durations, self.keys.leases)))
         return reply == "ok"
+
+    def hand_back(self, job_id: str, *, token: str, dispatch_id: str, dispatch_grace_s: float,
+                  reason: str = "worker_shutdown") -> bool:
+        """Put a job stopped early back in the queue, not counting the attempt.
+
+        Until :meth:`confirm_dispatch` says its new message went out, the job stays in
+        the lease index, so a reaper sends one after ``dispatch_grace_s`` if the caller dies.
+        """
+        return bool(self._scripts.hand_back(**self._job_call(
+            job_id, token, dispatch_id, dispatch_grace_s, reason, extra_keys=(self.keys.leases,))))
+
+    def confirm_dispatch(self, job_id: str, *, dispatch_id: str) -> None:
+        self._scripts.confirm_dispatch(**self._job_call(job_id, dispatch_id, extra_keys=(self.keys.leases,)))
+
+    def time_limit_s(self, job_id: str) -> int | None:
+        """The job's own wall-time limit per run, as recorded at submission (``None``: none)."""
+        raw = self.client.hget(self.keys.job(job_id), "time_limit_s")
+        return int(raw) if raw else None
+
+    def expired_leases(self, *, limit: int = 100) -> list[str]:
+        """Ids in the lease index whose entry has expired (Redis clock)."""
+        seconds, micros = self.client.time()
+        return self.client.zrangebyscore(self.keys.leases, "-inf", seconds + micros / 1e6, start=0, num=limit)
+
+    def reap(self, job_id: str, *, max_attempts: int, dispatch_id: str, dispatch_grace_s: float) -> ReapOutcome:
+        """Take back a job whose lease expired: re-queue it, or fail it at the attempt cap."""
+        return ReapOutcome(self._scripts.reap(**self._job_call(
+            job_id, max_attempts, attempt_cap_message(max_attempts), dispatch_id, dispatch_grace_s,
+            extra_keys=(self.keys.leases,))))
+
+    def set_draining(self, worker: str, *, ttl_s: int = 3600) -> None:
+        """Tell the jobs of ``worker`` (``<node>:<main pid>``) to hand themselves back."""
+        self.client.set(self.keys.draining(worker), "1", ex=ttl_s)
 
     def heartbeat(self, worker: str, *, forget_after_s: float = 3600) -> None:
         """Say that ``worker`` is alive (read by ``/readyz``)."""

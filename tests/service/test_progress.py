@@ -14,6 +14,7 @@ from api.layout import new_job_id
 from api.store import EventType, JobStore, Keys, WorkerStore
 from dip_engine.callbacks import FitState
 from dip_engine.history import LogRecord
+from worker.lease import LeaseKeeper
 from worker.progress import JobReporter, Throttle
 
 
@@ -38,9 +39,10 @@ def setup(redis_server: Any, tmp_path: Path) -> Any:
 
     job_id = asyncio.run(create())
     store = WorkerStore.from_url(url, retention_s=600, keys=keys)
-    store.claim(job_id, worker="w", max_attempts=3)
+    claim = store.claim(job_id, worker="w", max_attempts=3, lease_s=30)
     clock = FakeClock()
-    reporter = JobReporter(store, job_id, tmp_path, progress_interval_s=0.25, cancel_poll_s=0.2, clock=clock)
+    lease = LeaseKeeper(store, job_id, claim.token, lease_s=30)  # not started: these tests renew nothing
+    reporter = JobReporter(store, lease, tmp_path, progress_interval_s=0.25, cancel_poll_s=0.2, clock=clock)
 
     def events() -> list[Any]:
         async def read() -> list[Any]:

@@ -61,20 +61,21 @@ def _create(url: str, keys: Keys, count: int = 1, **options: Any) -> list[str]:
 
 def test_status_changes_only_from_the_right_states(url: str, keys: Keys, worker_store: WorkerStore) -> None:
     (job_id,) = _create(url, keys)
-    assert not worker_store.finish(job_id, JobStatus.succeeded)  # not running yet
-    assert worker_store.report(job_id, {"iteration": 1}) is RunState.gone
+    assert not worker_store.finish(job_id, JobStatus.succeeded, token="none")  # not running yet
+    assert worker_store.report(job_id, {"iteration": 1}, token="none") is RunState.gone
 
-    claim = worker_store.claim(job_id, worker="w", max_attempts=3)
+    claim = worker_store.claim(job_id, worker="w", max_attempts=3, lease_s=30)
     assert claim.outcome is ClaimOutcome.claimed and claim.attempt == 1
     assert claim.record.status is JobStatus.running and claim.record.started_at is not None
-    assert worker_store.report(job_id, {"iteration": 3, "total": 10}, {"iteration": 3}) is RunState.running
+    token = claim.token
+    assert worker_store.report(job_id, {"iteration": 3, "total": 10}, {"iteration": 3}, token=token) is RunState.running
     assert run(lambda s: s.cancel(job_id), url, keys) == "cancel_requested"
-    assert worker_store.report(job_id) is RunState.cancel_requested
+    assert worker_store.report(job_id, token=token) is RunState.cancel_requested
     assert run(lambda s: s.delete(job_id), url, keys) == "running"  # refused
 
-    assert worker_store.finish(job_id, JobStatus.canceled, files={"result.png": "out/r.png"})
-    assert not worker_store.finish(job_id, JobStatus.succeeded)  # a second ending changes nothing
-    assert worker_store.claim(job_id, worker="w", max_attempts=3).outcome is ClaimOutcome.finished
+    assert worker_store.finish(job_id, JobStatus.canceled, token=token, files={"result.png": "out/r.png"})
+    assert not worker_store.finish(job_id, JobStatus.succeeded, token=token)  # a second ending changes nothing
+    assert worker_store.claim(job_id, worker="w", max_attempts=3, lease_s=30).outcome is ClaimOutcome.finished
     record = worker_store.get(job_id)
     assert record.status is JobStatus.canceled and record.files["result.png"] == "out/r.png"
     assert record.finished_at >= record.started_at
@@ -89,8 +90,11 @@ def test_status_changes_only_from_the_right_states(url: str, keys: Keys, worker_
 
 def test_attempt_cap_fails_the_job(url: str, keys: Keys, worker_store: WorkerStore) -> None:
     (job_id,) = _create(url, keys)
-    outcomes = [worker_store.claim(job_id, worker="w", max_attempts=2).outcome for _ in range(3)]
-    assert outcomes == [ClaimOutcome.claimed, ClaimOutcome.claimed, ClaimOutcome.gave_up]
+    claims = [worker_store.claim(job_id, worker="w", max_attempts=2, lease_s=30)]
+    for _ in range(2):  # each time taken over from a holder that died
+        claims.append(worker_store.claim(job_id, worker="w", max_attempts=2, lease_s=30,
+                                         take_over=claims[-1].token))
+    assert [c.outcome for c in claims] == [ClaimOutcome.claimed, ClaimOutcome.claimed, ClaimOutcome.gave_up]
     record = worker_store.get(job_id)
     assert record.status is JobStatus.failed and record.error_code == "worker_lost"
     assert "2 times" in record.error_message
@@ -109,7 +113,7 @@ def test_idempotency_key_maps_to_the_first_job(url: str, keys: Keys, worker_stor
 def test_queue_positions_and_paged_listing(url: str, keys: Keys, worker_store: WorkerStore) -> None:
     ids = _create(url, keys, 5)
     assert [worker_store.get(i).queue_position for i in ids] == [1, 2, 3, 4, 5]
-    worker_store.claim(ids[0], worker="w", max_attempts=3)
+    worker_store.claim(ids[0], worker="w", max_attempts=3, lease_s=30)
     assert worker_store.get(ids[0]).queue_position is None
     assert worker_store.get(ids[1]).queue_position == 1
 
@@ -159,9 +163,10 @@ def test_sweep_deletes_expired_jobs_files_and_orphans(url: str, keys: Keys, tmp_
 
 def test_history_rewinds_to_a_checkpoint(url: str, keys: Keys, worker_store: WorkerStore) -> None:
     (job_id,) = _create(url, keys)
+    token = worker_store.claim(job_id, worker="w", max_attempts=3, lease_s=30).token
     for iteration in (5, 10, 15, 20):
-        worker_store.append_history(job_id, {"iteration": iteration, "loss": 1.0})
-    worker_store.rewind_history(job_id, iteration=12)
+        worker_store.append_history(job_id, {"iteration": iteration, "loss": 1.0}, token=token)
+    worker_store.rewind_history(job_id, iteration=12, token=token)
     assert [p["iteration"] for p in run(lambda s: s.history(job_id), url, keys)] == [5, 10]
     assert worker_store.client.pttl(keys.history(job_id)) > 0  # expires with the job
 

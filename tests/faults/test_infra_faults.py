@@ -1,0 +1,101 @@
+"""Redis and the API restarted under a running service: no job lost, clients keep polling."""
+
+from __future__ import annotations
+
+import threading
+import time
+from typing import Any
+
+import httpx
+import pytest
+
+pytestmark = pytest.mark.e2e
+
+LOG_EVERY = 10
+
+
+@pytest.mark.timeout(150)
+def test_redis_restart_loses_no_job_and_the_running_one_completes(cluster: Any) -> None:
+    """Redis goes away for a few seconds while one job runs and two wait: the running job
+    goes on (its writes wait for Redis) and succeeds with its whole history; the queued
+    ones run after; the worker reconnects by itself."""
+    cluster.lease_s = 8.0  # longer than the outage: the worker keeps its job throughout
+    cluster.start_api()
+    worker = cluster.start_worker("w")
+    running = cluster.submit(iterations=200, log_every=LOG_EVERY)
+    queued = [cluster.submit(iterations=30, log_every=LOG_EVERY, seed=seed) for seed in (1, 2)]
+    cluster.wait_running(running, min_iteration=3 * cluster.checkpoint_every)
+
+    down = time.monotonic()
+    cluster.redis_server.stop()  # SHUTDOWN: the append-only file is flushed
+    time.sleep(2.0)
+    cluster.redis_server.start()  # same port, same data directory
+    outage_s = time.monotonic() - down
+    after = {job_id: cluster.record(job_id) for job_id in (running, *queued)}
+    assert all(after.values()), after  # every job is still there
+
+    done = cluster.wait_finished(running, timeout_s=90)
+    recovered_s = time.monotonic() - down
+    rest = [cluster.wait_finished(job_id, timeout_s=60) for job_id in queued]
+
+    print(f"\nRedis down {outage_s:.1f} s: the running job finished {recovered_s:.1f} s after the outage began "
+          f"(attempts {done['attempts']}), queued ones ran after")
+    assert "Redis unreachable" in worker.text()  # the job did run into the outage...
+    assert done["status"] == "succeeded", done  # ...and rode it out
+    assert done["attempts"] == "1"
+    assert cluster.history(running) == list(range(LOG_EVERY, 201, LOG_EVERY))  # points written late, none lost
+    assert [r["status"] for r in rest] == ["succeeded", "succeeded"]
+    assert all(float(r["started_at"]) >= float(done["finished_at"]) for r in rest)
+    assert worker.alive()
+
+
+@pytest.mark.timeout(120)
+def test_api_restart_loses_nothing_and_clients_keep_polling(cluster: Any) -> None:
+    """The API process is stopped and started again while a client polls a running job:
+    the client sees a short gap of refused connections, then the same job, still moving."""
+    api = cluster.start_api()
+    cluster.start_worker("w")
+    job_id = cluster.submit(iterations=150, log_every=LOG_EVERY)
+    waiting = cluster.submit(iterations=20, log_every=LOG_EVERY, seed=1)
+    seen: list[tuple[float, str, int]] = []  # (time, status, iteration) answered by the API
+    errors: list[float] = []
+    stop = threading.Event()
+
+    def poll() -> None:
+        with httpx.Client(base_url=cluster.http.base_url, timeout=5.0) as client:
+            while not stop.is_set():
+                try:
+                    job = client.get(f"/v1/jobs/{job_id}").raise_for_status().json()
+                    seen.append((time.monotonic(), job["status"], (job["progress"] or {}).get("iteration") or 0))
+                except httpx.HTTPError:
+                    errors.append(time.monotonic())
+                time.sleep(0.05)
+
+    poller = threading.Thread(target=poll, daemon=True)
+    poller.start()
+    try:
+        cluster.wait_running(job_id, min_iteration=2 * cluster.checkpoint_every)
+        restarted_at = time.monotonic()
+        api.stop()
+        cluster.start_api()
+        back_s = time.monotonic() - restarted_at
+        cluster.until(lambda: seen and seen[-1][1] in ("succeeded", "failed", "canceled"), timeout_s=90,
+                      what="the poller sees the job end", on_timeout=cluster.logs_tail)
+    finally:
+        stop.set()
+        poller.join(10)
+
+    gap = [t for t in errors if t >= restarted_at]
+    print(f"\nAPI restarted in {back_s:.1f} s; the poller got {len(gap)} refused requests over "
+          f"{(max(gap) - min(gap)) if gap else 0:.1f} s, then went on")
+    assert seen[-1][1] == "succeeded"
+    assert len(errors) == len(gap)  # errors only during the restart
+    assert any(t < restarted_at and s == "running" for t, s, _ in seen)
+    assert any(t > restarted_at and s == "running" for t, s, _ in seen)  # polled it running again
+    iterations = [i for _, s, i in seen if s == "running"]
+    assert iterations == sorted(iterations)  # progress went on, never back
+    history = cluster.http.get(f"/v1/jobs/{job_id}/history").json()
+    assert [p["iteration"] for p in history] == list(range(LOG_EVERY, 151, LOG_EVERY))
+    assert cluster.wait_finished(waiting)["status"] == "succeeded"  # queued across the restart
+    again = cluster.submit(iterations=10, log_every=5, seed=2)  # and the new process takes work
+    assert cluster.wait_finished(again)["status"] == "succeeded"
