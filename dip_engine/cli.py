@@ -70,6 +70,11 @@ def run_restore(args: argparse.Namespace) -> int:
         if args.checkpoint_every < 0:
             raise InputError("invalid_parameter", f"--checkpoint-every must be >= 0, got {args.checkpoint_every}")
         overrides = dict(_parse_override(item) for item in args.overrides)
+        if args.device != "cpu":
+            import torch
+
+            # One image size per run: let cuDNN pick the fastest convolution algorithms once.
+            torch.backends.cudnn.benchmark = True
         result = restore(
             spec, RestoreInputs(args.input, mask=args.mask, reference=args.reference), args.out,
             callbacks=[ProgressBar(disable=args.quiet or args.json)], checkpoint_every=args.checkpoint_every or None,

@@ -76,7 +76,8 @@ class FitConfig:
         ema: output averaging weight (``0`` disables): ``avg = ema * avg + (1 - ema) * out``.
         backtrack_db: restore the last good weights when the PSNR against the
             degraded input drops by more than this between checks (``None`` disables).
-        backtrack_every: iterations between those checks.
+        backtrack_every: iterations between those checks; ``None``: at log points, since
+            the check reads the loss on the host and logging already does.
         early_stop: ES-WMV settings, ``None`` to run to the cap.
         output: which output a run returns and snapshots: the EMA or the raw one.
         log_every: iterations between logged points (loss, PSNR, SSIM).
@@ -88,7 +89,7 @@ class FitConfig:
     reg_noise_std: float = 1.0 / 30.0
     ema: float = 0.99
     backtrack_db: float | None = 5.0
-    backtrack_every: int = 10
+    backtrack_every: int | None = None
     early_stop: EarlyStopConfig | None = field(default_factory=EarlyStopConfig)
     output: OutputKind = "ema"
     log_every: int = 50
@@ -103,7 +104,7 @@ class FitConfig:
             raise ValueError(f"FitConfig.reg_noise_std must be >= 0, got {self.reg_noise_std}")
         if not 0.0 <= self.ema < 1.0:
             raise ValueError(f"FitConfig.ema must be in [0, 1), got {self.ema}")
-        if self.log_every < 1 or self.backtrack_every < 1:
+        if self.log_every < 1 or (self.backtrack_every is not None and self.backtrack_every < 1):
             raise ValueError(f"log_every and backtrack_every must be >= 1, got {self.log_every}, {self.backtrack_every}")
         if self.snapshot_every is not None and self.snapshot_every < 1:
             raise ValueError(f"FitConfig.snapshot_every must be >= 1 or None, got {self.snapshot_every}")

@@ -261,7 +261,7 @@ def fit(
         if early is not None:
             early.update(iteration, avg if early.config.signal == "ema" else raw, selected(raw, avg))
 
-        if backtracker is not None and iteration % config.backtrack_every == 0:
+        if backtracker is not None and iteration % (config.backtrack_every or config.log_every) == 0:
             loss_value = loss.item()
             psnr_deg = -10.0 * math.log10(max(loss_value / measured, 1e-12)) if math.isfinite(loss_value) else -math.inf
             backtracker.check(psnr_deg, net, optimizer)

@@ -36,4 +36,6 @@ def select_device(device: str) -> str:
         return device
     index = getattr(current_process(), "index", None) or 0
     torch.cuda.set_device(index % torch.cuda.device_count())
+    # One image size per run: let cuDNN pick the fastest convolution algorithms once.
+    torch.backends.cudnn.benchmark = True
     return device
