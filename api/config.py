@@ -63,7 +63,9 @@ class Settings(BaseSettings):
     progress_interval_s: float = Field(0.25, description="Least time between progress writes to Redis.")
     checkpoint_every: int = Field(100, description="Iterations between resumable checkpoints.")
     lease_s: float = Field(30.0, gt=0, description="A running job's lease: renewed every third of it; "
-                           "a job whose lease lapses (its worker died) is re-queued.")
+                           "a job whose lease lapses (its worker died) is re-queued. Also the grace a "
+                           "queued job's message has to be confirmed sent (by the API on submission, by "
+                           "a worker on re-queueing) before a worker's reaper sends it again.")
     redis_retry_s: float = Field(120.0, gt=0, description="How long a worker retries a job's final "
                                  "write while Redis is unreachable.")
 

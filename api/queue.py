@@ -3,9 +3,14 @@
 from __future__ import annotations
 
 from celery import Celery
+from kombu.exceptions import OperationalError
 
 from api.config import Settings
 from worker.celery_app import RESTORE_TASK, create_celery_app
+
+
+class BrokerUnavailable(Exception):
+    """The message could not be sent: the broker was unreachable (after Celery's own retries)."""
 
 
 class JobQueue:
@@ -36,6 +41,9 @@ class JobQueue:
                 ends the job ``failed``); ``None``: the workers' default.
             kill_after_s: With ``time_limit_s``, the run is killed this much later
                 if it has not stopped.
+
+        Raises:
+            BrokerUnavailable: The broker was unreachable; most likely nothing was sent.
         """
         if time_limit_s is not None and (isinstance(time_limit_s, bool) or not isinstance(time_limit_s, int)
                                          or time_limit_s < 1):
@@ -45,7 +53,10 @@ class JobQueue:
         # The limits travel in the message, so a redelivered job keeps them.
         limits = {} if time_limit_s is None else {"soft_time_limit": time_limit_s,
                                                   "time_limit": time_limit_s + kill_after_s}
-        self._celery.send_task(RESTORE_TASK, args=[job_id], queue=self._queue, task_id=job_id, **limits)
+        try:
+            self._celery.send_task(RESTORE_TASK, args=[job_id], queue=self._queue, task_id=job_id, **limits)
+        except OperationalError as exc:
+            raise BrokerUnavailable(str(exc)) from exc
 
     def close(self) -> None:
         self._celery.close()

@@ -3,7 +3,12 @@
 Nothing is left behind by a refused submission: files are staged under
 ``<results_dir>/.staging/<id>/`` and moved into the job directory only once
 valid, and the record is written last (and removed again if the job cannot
-be enqueued).
+be enqueued: 503 when the broker is unreachable).
+
+No job is lost if the API dies between writing the record and sending its
+message: the record is written as awaiting its dispatch, and the dispatch is
+confirmed once the message is sent; a job still unconfirmed after the grace
+(``DIP_LEASE_S``) is sent again by a worker's reaper (``worker.recovery``).
 
 The queue caps are checked twice: with a read before the body is received,
 so a client flooding a full queue is refused without uploading anything, and
@@ -12,18 +17,20 @@ atomically when the record is written, which is the check that counts.
 
 from __future__ import annotations
 
+import logging
 import re
 import shutil
 from pathlib import Path
 from typing import Any
 
+import redis.exceptions
 from fastapi import Request
 from starlette.concurrency import run_in_threadpool
 
 from api.config import Settings
 from api.errors import ApiError
 from api.layout import INPUT_FIELDS, STAGING_DIR, input_file_name, job_dir, new_job_id
-from api.queue import JobQueue
+from api.queue import BrokerUnavailable, JobQueue
 from api.schemas import JobCreate
 from api.store import JobRecord, JobStore
 from api.store.jobs import QueueFull
@@ -31,6 +38,8 @@ from api.uploads import receive_form
 from dip_engine.errors import InputError
 from dip_engine.io import ImageInfo, inspect_image
 from dip_engine.validation import check_inputs, validate_spec
+
+log = logging.getLogger(__name__)
 
 IDEMPOTENCY_KEY = re.compile(r"[A-Za-z0-9._:-]{1,128}")
 # A full queue drains at the pace of jobs (minutes): no point retrying sooner.
@@ -87,7 +96,8 @@ async def submit_job(request: Request, *, settings: Settings, store: JobStore, q
         winner = await store.create(job_id, task=params.task, params=params.model_dump(mode="json"),
                                     files=files, owner=owner, idempotency_key=idempotency_key,
                                     time_limit_s=settings.job_time_limit_s, max_queued=settings.max_queued,
-                                    max_queued_per_owner=settings.max_queued_per_client)
+                                    max_queued_per_owner=settings.max_queued_per_client,
+                                    dispatch_grace_s=settings.lease_s)
         # Read before enqueueing: the answer shows the job as submitted (queued, with its
         # place in the queue), whatever a fast worker does with it next.
         record = await store.get(winner)
@@ -97,15 +107,35 @@ async def submit_job(request: Request, *, settings: Settings, store: JobStore, q
     except QueueFull as exc:
         shutil.rmtree(target, ignore_errors=True)
         raise _queue_full(exc) from None
+    except BrokerUnavailable as exc:
+        log.warning("job %s not enqueued, submission refused: %s", job_id, exc)
+        await _roll_back(store, job_id, target, owner=owner)
+        raise ApiError(503, "unavailable", "the job queue (broker) is unreachable; retry shortly",
+                       headers={"Retry-After": "5"}) from None
     except Exception:
-        await store.delete(job_id, owner=owner)
-        shutil.rmtree(target, ignore_errors=True)
+        await _roll_back(store, job_id, target, owner=owner)
         raise
     if winner != job_id:  # a concurrent retry with the same key got there first
         shutil.rmtree(target, ignore_errors=True)
+    else:
+        await _confirm_dispatch(store, job_id)
     if record is None:
         raise ApiError(409, "conflict", "the job was deleted while it was being submitted")
     return record, winner == job_id
+
+
+async def _roll_back(store: JobStore, job_id: str, target: Path, *, owner: str) -> None:
+    await store.delete(job_id, owner=owner)
+    shutil.rmtree(target, ignore_errors=True)
+
+
+async def _confirm_dispatch(store: JobStore, job_id: str) -> None:
+    # The message is out: the job is accepted whatever happens here. Unconfirmed, it is
+    # sent once more after the grace, and the worker that gets it second drops it.
+    try:
+        await store.confirm_dispatch(job_id)
+    except redis.exceptions.RedisError as exc:
+        log.warning("job %s: dispatch not confirmed (%s); a reaper will send it again", job_id, exc)
 
 
 def _queue_full(exc: QueueFull) -> ApiError:

@@ -21,6 +21,7 @@ class NetConfig:
     levels: int = 5
     skip_channels: int = 4
     upsample_mode: Literal["bilinear", "nearest"] = "bilinear"
+    pad: Literal["reflection", "zero"] = "reflection"
     input: Literal["noise", "meshgrid"] = "noise"
     input_channels: int = 32
     input_scale: float = 0.1

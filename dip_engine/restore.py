@@ -82,9 +82,11 @@ def build_net(config: NetConfig, *, out_channels: int) -> nn.Module:
             channels_up=(config.channels,) * config.levels,
             channels_skip=(config.skip_channels,) * config.levels,
             upsample_mode=config.upsample_mode,
+            pad=config.pad,
         )
     widths = tuple(min(config.channels, 16 * 2**i) for i in range(config.levels))
-    return get_net(config.name, in_channels=in_channels, out_channels=out_channels, channels=widths, upsample_mode=config.upsample_mode)
+    return get_net(config.name, in_channels=in_channels, out_channels=out_channels, channels=widths,
+                   upsample_mode=config.upsample_mode, pad=config.pad)
 
 
 def make_input(config: NetConfig, height: int, width: int, *, generator: torch.Generator) -> Tensor:

@@ -76,11 +76,13 @@ class ChildSpec:
         argv: the command; run with the supervisor's environment plus
             ``DIP_REDIS_URL`` and the data directories.
         stop_timeout_s: after SIGTERM, how long to wait before SIGKILL.
+        env_defaults: variables set for this child unless the environment already has them.
     """
 
     name: str
     argv: tuple[str, ...]
     stop_timeout_s: float = 10.0
+    env_defaults: tuple[tuple[str, str], ...] = ()
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "argv", tuple(self.argv))
@@ -112,8 +114,12 @@ def default_children(
     job is redelivered anyway, so this only trades shutdown time for tidiness.
     """
     dip = (python, "-m", "stack.cli")
+    # Leave a core to the API and Redis: a worker whose torch threads take every core makes
+    # status reads wait behind the optimisation on a small machine.
+    threads = str(max(1, (os.cpu_count() or 1) - 1))
     return [
-        ChildSpec("worker", (*dip, "worker"), stop_timeout_s=worker_grace_s),
+        ChildSpec("worker", (*dip, "worker"), stop_timeout_s=worker_grace_s,
+                  env_defaults=(("OMP_NUM_THREADS", threads),)),
         ChildSpec("api", (*dip, "api", "--host", settings.host, "--port", str(settings.port))),
     ]
 
@@ -339,7 +345,7 @@ class Supervisor:
         return env
 
     def _spawn(self, child: _Child) -> None:
-        child.proc = spawn(child.spec.argv, env=self._child_env())
+        child.proc = spawn(child.spec.argv, env=dict(child.spec.env_defaults) | self._child_env())
         child.started_at = time.monotonic()
         child.restart_at = None
         log.info("started %s (pid %d)", child.spec.name, child.proc.pid)

@@ -36,6 +36,9 @@ _ERRORS: dict[int | str, dict[str, Any]] = {404: {"model": ErrorBody, "descripti
         429: {"model": ErrorBody, "description": "Too many jobs waiting (DIP_MAX_QUEUED, "
                                                  "DIP_MAX_QUEUED_PER_CLIENT); retry after `Retry-After` seconds.",
               "headers": {"Retry-After": {"schema": {"type": "integer"}}}},
+        503: {"model": ErrorBody, "description": "Redis or the broker is unreachable; nothing was kept. "
+                                                 "Retry after `Retry-After` seconds.",
+              "headers": {"Retry-After": {"schema": {"type": "integer"}}}},
     },
 )
 async def create_job(

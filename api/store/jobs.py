@@ -24,6 +24,8 @@ _SOCKET_TIMEOUT_S = 30.0
 _POOL_SIZE = 256
 _STREAM_POOL_SIZE = 4096
 _POOL_WAIT_S = 10.0
+# Default time to send a new job's first message before a worker's reaper sends one.
+DISPATCH_GRACE_S = 30.0
 # Index entries one listing request reads at most while filtering an owner's jobs by
 # status: a page may come back short (with a cursor) rather than scan without bound.
 _MAX_SCAN = 1000
@@ -100,8 +102,15 @@ class JobStore(StoreBase):
 
     async def create(self, job_id: str, *, task: str, params: dict[str, Any], files: dict[str, str],
                      owner: str = "", idempotency_key: str | None = None, time_limit_s: int | None = None,
-                     max_queued: int | None = None, max_queued_per_owner: int | None = None) -> str:
+                     max_queued: int | None = None, max_queued_per_owner: int | None = None,
+                     dispatch_grace_s: float = DISPATCH_GRACE_S) -> str:
         """Record a new queued job, atomically with its index entries and first event.
+
+        The job also enters the lease index as awaiting its message: send the message,
+        then call :meth:`confirm_dispatch`. A caller that dies in between (or whose
+        confirmation fails) leaves the job to the workers' reaper, which sends the
+        message ``dispatch_grace_s`` after creation; a second message is harmless (the
+        claim drops it).
 
         Args:
             owner: Fingerprint of the creating key (``""`` without keys).
@@ -109,10 +118,11 @@ class JobStore(StoreBase):
             time_limit_s: Wall-time limit of one run, kept in the record for the worker.
             max_queued: Refuse if this many jobs are already queued (``None``: no cap).
             max_queued_per_owner: Refuse if ``owner`` has this many queued (``None``: no cap).
+            dispatch_grace_s: Time given to send and confirm the first message.
 
         Returns:
             ``job_id``, or the id of the job created earlier with the same
-            ``idempotency_key`` (then nothing is written).
+            ``idempotency_key`` (then nothing is written, and nothing is to be sent).
 
         Raises:
             QueueFull: A cap was reached (nothing written).
@@ -120,18 +130,29 @@ class JobStore(StoreBase):
         for name, cap in (("max_queued", max_queued), ("max_queued_per_owner", max_queued_per_owner)):
             if cap is not None and (isinstance(cap, bool) or not isinstance(cap, int) or cap < 1):
                 raise ValueError(f"{name} must be a positive int or None, got {cap!r}")
+        if (isinstance(dispatch_grace_s, bool) or not isinstance(dispatch_grace_s, (int, float))
+                or not 0 < dispatch_grace_s < math.inf):
+            raise ValueError(f"dispatch_grace_s must be a positive number of seconds, got {dispatch_grace_s!r}")
         fields = encode_fields({"task": task, "params": params, "owner": owner, "attempts": 0,
                                 "time_limit_s": time_limit_s})
-        extra = (self.keys.owner_jobs(owner), self.keys.owner_queued(owner))
+        extra = (self.keys.owner_jobs(owner), self.keys.owner_queued(owner), self.keys.leases)
         if idempotency_key is not None:
             extra += (self.keys.idempotency(owner, idempotency_key),)
         outcome, *reply = await self._scripts.create(**self._job_call(
             job_id, to_json(fields), to_json(files), max_queued or 0, max_queued_per_owner or 0,
-            extra_keys=extra))
+            dispatch_grace_s, extra_keys=extra))
         if outcome == "queue_full":
             scope, limit = reply
             raise QueueFull(scope, int(limit))
         return reply[0]
+
+    async def confirm_dispatch(self, job_id: str) -> bool:
+        """Say that the first message of a job made by :meth:`create` was sent, so that no
+        reaper sends another; ``False`` if there was nothing to confirm (a worker has
+        claimed the job, or a reaper has re-sent it, or it ended or was deleted)."""
+        # The dispatch of create is named after the job (reapers name theirs at random).
+        return bool(await self._scripts.confirm_dispatch(**self._job_call(
+            job_id, job_id, extra_keys=(self.keys.leases,))))
 
     async def queued_counts(self, owner: str) -> QueuedCounts:
         """How many jobs are queued, in all and for ``owner`` (a read, for early refusals)."""
@@ -213,7 +234,7 @@ class JobStore(StoreBase):
 
         ``owner``: also drop the job from that owner's index (else listing
         drops it when it meets it)."""
-        status = await self._scripts.delete(**self._job_call(job_id, "0"))
+        status = await self._scripts.delete(**self._job_call(job_id, "0", extra_keys=(self.keys.leases,)))
         if owner is not None and status != JobStatus.running.value:
             async with self.client.pipeline(transaction=False) as pipe:
                 pipe.zrem(self.keys.owner_jobs(owner), job_id)

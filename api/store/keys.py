@@ -12,7 +12,8 @@ by creation time, for listing and queue positions), ``<p>:idem:<owner>:<key>``
 were queued when last counted), ``<p>:workers`` (sorted set of worker names
 scored by their last heartbeat), ``<p>:stats:durations`` (hash of job
 duration histogram counters), ``<p>:leases`` (sorted set of running jobs
-scored by the expiry of their lease) and ``<p>:draining:<worker>`` (flag of
+scored by the expiry of their lease, and of queued jobs whose message is not
+yet known sent, scored by the end of its grace) and ``<p>:draining:<worker>`` (flag of
 a worker that is shutting down).
 """
 
@@ -78,8 +79,8 @@ class Keys:
 
     @property
     def leases(self) -> str:
-        """Sorted set: ids of running jobs (and of re-queued ones awaiting their message),
-        scored by when their lease expires (Redis clock)."""
+        """Sorted set: ids of running jobs (and of new or re-queued ones awaiting their
+        message), scored by when their lease (or dispatch grace) expires (Redis clock)."""
         return f"{self.prefix}:leases"
 
     def draining(self, worker: str) -> str:

@@ -79,13 +79,15 @@ local function owner_queued(candidates, queued, prune)
 end
 """
 
-# KEYS 11: the owner's job index, 12: the owner's queued set, 13: idempotency key (optional).
-# ARGV 4: fields (JSON object of strings), 5: files (JSON object), 6: cap on queued jobs,
-# 7: cap on the owner's queued jobs (0: no cap).
+# KEYS 11: the owner's job index, 12: the owner's queued set, 13: the lease index,
+# 14: idempotency key (optional). ARGV 4: fields (JSON object of strings), 5: files (JSON
+# object), 6: cap on queued jobs, 7: cap on the owner's queued jobs (0: no cap), 8: dispatch
+# grace in seconds. The new job awaits the dispatch of its first message (dispatch id: the
+# job id) until the caller confirms it sent: a caller that dies before leaves it to a reaper.
 # Returns {"created", ID}, {"existing", id} (an idempotent retry: nothing written) or
 # {"queue_full", "service" | "client", cap} (refused: nothing written).
 _CREATE = _OWNER_QUEUED + """
-local OWNER_JOBS, OWNER_QUEUED, idem = KEYS[11], KEYS[12], KEYS[13]
+local OWNER_JOBS, OWNER_QUEUED, LEASES, idem = KEYS[11], KEYS[12], KEYS[13], KEYS[14]
 local max_queued, max_owner = tonumber(ARGV[6]), tonumber(ARGV[7])
 if idem then
   local existing = redis.call('GET', idem)
@@ -116,6 +118,7 @@ redis.call('PEXPIRE', OWNER_JOBS, 2 * TTL_MS)
 redis.call('PEXPIRE', OWNER_QUEUED, 2 * TTL_MS)
 emit('status', cjson.encode({status='queued'}))
 expire_all()
+await_dispatch(LEASES, t, ID, ARGV[8])
 if idem then
   redis.call('SET', idem, ID, 'PX', TTL_MS)
   redis.call('HSET', JOB, 'idempotency_key', idem)
@@ -277,6 +280,7 @@ return 'ok'
 """
 
 # ARGV 4: "1" to delete only if the record has already expired (retention sweep).
+# KEYS 11: the lease index (a queued job may await its dispatch there).
 # Returns the status the job had, "missing" (already gone) or "running" (refused).
 _DELETE = """
 local status = redis.call('HGET', JOB, 'status')
@@ -286,6 +290,7 @@ if idem and redis.call('GET', idem) == ID then redis.call('DEL', idem) end
 redis.call('DEL', JOB, FILES, HISTORY, EVENTS)
 for _, index in pairs(INDEX) do redis.call('ZREM', index, ID) end
 redis.call('ZREM', ALL, ID)
+redis.call('ZREM', KEYS[11], ID)
 return status or 'missing'
 """
 

@@ -208,4 +208,4 @@ class WorkerStore(StoreBase):
 
     def purge(self, job_id: str) -> bool:
         """Drop what is left of a job whose record has expired; ``False`` if it is alive."""
-        return self._scripts.delete(**self._job_call(job_id, "1")) == "missing"
+        return self._scripts.delete(**self._job_call(job_id, "1", extra_keys=(self.keys.leases,))) == "missing"

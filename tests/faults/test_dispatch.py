@@ -15,12 +15,16 @@ import os
 import time
 from typing import Any
 
+import httpx
 import pytest
 
 from api.config import Settings
-from api.layout import job_dir, new_job_id
+from api.layout import STAGING_DIR, job_dir, new_job_id
+from api.main import create_app
+from api.queue import JobQueue
 from api.schemas import JobCreate
 from api.store import JobStore, WorkerStore
+from stack.process import free_port
 from worker.celery_app import create_celery_app
 from worker.recovery import new_dispatch_id, reap, worker_sender
 
@@ -145,3 +149,30 @@ def test_a_duplicate_message_is_dropped_while_the_job_runs_and_once_it_ended(clu
     assert record["attempts"] == "1"
     assert [s for s, _ in cluster.statuses(job_id)] == ["queued", "running", "succeeded"]
     assert cluster.history(job_id) == list(range(10, 401, 10))  # one run wrote every point once
+
+
+def test_a_submission_whose_message_cannot_be_sent_is_refused_with_503_and_leaves_nothing(cluster: Any) -> None:
+    """The job store answers but the broker does not (a real producer, pointed at a closed
+    port): the record, its lease-index entry and its files are removed again."""
+    settings = _settings(cluster)
+    app = create_app(settings)
+
+    async def submit() -> httpx.Response:
+        async with app.router.lifespan_context(app):
+            app.state.queue.close()
+            app.state.queue = JobQueue.from_settings(
+                settings.model_copy(update={"redis_url": f"redis://127.0.0.1:{free_port()}/0"}))
+            async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://api") as client:
+                return await client.post("/v1/jobs", files={"image": ("image.png", png64(), "image/png")},
+                                         data={"task": "denoise", "iterations": "10"})
+
+    response = asyncio.run(submit())
+
+    assert response.status_code == 503, response.text
+    assert response.json()["error"]["code"] == "unavailable"
+    assert response.headers["Retry-After"] == "5"
+    assert list(cluster.redis.scan_iter(f"{KEYS.prefix}:job:*")) == []
+    assert cluster.redis.zcard(KEYS.all_jobs) == 0
+    assert cluster.redis.zcard(KEYS.leases) == 0
+    assert [p.name for p in cluster.results_dir.iterdir()] == [STAGING_DIR]
+    assert list((cluster.results_dir / STAGING_DIR).iterdir()) == []
