@@ -28,7 +28,7 @@ def shared_data(repo_root: Path) -> Path:
 
 @pytest.fixture(scope="session")
 def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
-    """A real ``redis-server`` on a free port for the whole session (not fakeredis).
+    """A real ``redis-server`` on a free port for the whole session (a real server process, no in-memory stand-in).
 
     Tests that write to it should use their own key prefix or flush what they wrote.
     """

@@ -14,7 +14,6 @@ import hashlib
 import io
 import json
 import os
-import signal
 import socket
 import subprocess
 import sys
@@ -33,7 +32,7 @@ import pytest
 import redis
 from PIL import Image
 
-from stack.process import free_port
+from stack.process import free_port, stop_process
 from stack.redis_server import RedisServer
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -196,7 +195,8 @@ def _running_api(redis_url: str, workdir: Path, *, worker: bool, **settings: str
     processes = {}
     for name, argv in commands.items():
         with (logs / f"{name}.log").open("wb") as log:
-            processes[name] = subprocess.Popen(argv, cwd=REPO_ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
+            processes[name] = subprocess.Popen(argv, cwd=REPO_ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
+                                               start_new_session=True)
     api = Api(url=f"http://127.0.0.1:{port}", redis=client, results_dir=results_dir, queue=queue, logs=logs)
     try:
         deadline = time.monotonic() + STARTUP_TIMEOUT_S
@@ -215,19 +215,9 @@ def _running_api(redis_url: str, workdir: Path, *, worker: bool, **settings: str
         for http in api.clients:
             http.close()
         for process in processes.values():
-            _stop(process)
+            stop_process(process, timeout_s=15.0)
         client.flushdb()
         client.close()
-
-
-def _stop(process: subprocess.Popen, timeout_s: float = 15.0) -> None:
-    if process.poll() is None:
-        process.send_signal(signal.SIGTERM)
-        try:
-            process.wait(timeout_s)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
 
 
 @pytest.fixture(scope="session")

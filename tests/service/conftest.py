@@ -11,7 +11,6 @@ from __future__ import annotations
 import io
 import json
 import os
-import signal
 import subprocess
 import sys
 import time
@@ -27,7 +26,7 @@ import pytest
 import redis
 from PIL import Image
 
-from stack.process import free_port
+from stack.process import free_port, stop_process
 from stack.redis_server import RedisServer
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -152,16 +151,6 @@ def parse_sse(lines: Iterator[str]) -> Iterator[dict[str, Any]]:
             event[name] = value.removeprefix(" ")
 
 
-def _stop(process: subprocess.Popen, timeout_s: float = 15.0) -> None:
-    if process.poll() is None:
-        process.send_signal(signal.SIGTERM)
-        try:
-            process.wait(timeout_s)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
-
-
 @pytest.fixture(scope="session")
 def service_redis_url(redis_server: RedisServer) -> Iterator[str]:
     url = redis_server.url.rsplit("/", 1)[0] + f"/{SERVICE_DB}"
@@ -198,11 +187,11 @@ def service(service_redis_url: str, tmp_path_factory: pytest.TempPathFactory) ->
             [sys.executable, "-m", "celery", "-A", "worker.celery_app:app", "worker", "-Q", queue,
              "--concurrency", "1", "-P", "prefork", "-n", f"{queue}@%h", "--without-mingle",
              "--without-gossip", "-l", "info"],
-            cwd=REPO_ROOT, env=env, stdout=worker_log, stderr=subprocess.STDOUT)
+            cwd=REPO_ROOT, env=env, stdout=worker_log, stderr=subprocess.STDOUT, start_new_session=True)
         api = subprocess.Popen(
             [sys.executable, "-m", "uvicorn", "--factory", "api.main:create_app", "--host", "127.0.0.1",
              "--port", str(port), "--log-level", "warning"],
-            cwd=REPO_ROOT, env=env, stdout=api_log, stderr=subprocess.STDOUT)
+            cwd=REPO_ROOT, env=env, stdout=api_log, stderr=subprocess.STDOUT, start_new_session=True)
     url = f"http://127.0.0.1:{port}"
     http = httpx.Client(base_url=url, timeout=30.0)
     client = redis.Redis.from_url(service_redis_url, decode_responses=True)
@@ -223,8 +212,8 @@ def service(service_redis_url: str, tmp_path_factory: pytest.TempPathFactory) ->
     finally:
         http.close()
         client.close()
-        _stop(api)
-        _stop(worker)
+        stop_process(api, timeout_s=15.0)
+        stop_process(worker, timeout_s=15.0)
 
 
 @pytest.fixture(scope="session")
