@@ -25,6 +25,7 @@ import numpy as np
 from PIL import Image
 
 from dip_engine.io import load_image, resize_image
+from dip_engine.problems import build_measurement
 from dip_engine.restore import RestoreInputs, restore
 from dip_engine.spec import RestoreSpec
 
@@ -91,13 +92,8 @@ def run_one(task: str, path: Path, args: argparse.Namespace, work: Path) -> dict
     s = result.metrics["summary"]
     clean = load_image(src).pixels
     degraded = load_image(out / "degraded.png").pixels
-    mask = None
-    if task == "inpaint":
-        mask = np.all(np.abs(degraded) > 0, axis=-1) | np.all(clean == 0, axis=-1)
-        # recover the exact mask from the run's seed instead of guessing from zeros
-        import torch
-        from dip_engine.physics import bernoulli_mask
-        mask = bernoulli_mask(*clean.shape[:2], args.drop, generator=torch.Generator().manual_seed(args.seed)).numpy()
+    # The engine rebuilds the same seeded measurement: the exact mask the run saw.
+    mask = build_measurement(spec, src).mask
     name, base = baseline(task, degraded, clean, mask, args.sigma, args.scale)
     extra = {}
     if task == "superres":
