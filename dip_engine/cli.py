@@ -57,7 +57,6 @@ def run_restore(args: argparse.Namespace) -> int:
     from .errors import InputError
     from .restore import RestoreInputs, restore
     from .spec import RestoreSpec
-    from .validation import validate_spec
 
     try:
         spec = RestoreSpec(
@@ -66,7 +65,6 @@ def run_restore(args: argparse.Namespace) -> int:
             log_every=args.log_every, snapshot_every=args.snapshot_every, early_stop=args.early_stop,
             seed=args.seed, device=args.device,
         )
-        validate_spec(spec)
         if args.checkpoint_every < 0:
             raise InputError("invalid_parameter", f"--checkpoint-every must be >= 0, got {args.checkpoint_every}")
         overrides = dict(_parse_override(item) for item in args.overrides)

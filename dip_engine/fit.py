@@ -261,14 +261,15 @@ def fit(
         if early is not None:
             early.update(iteration, avg if early.config.signal == "ema" else raw, selected(raw, avg))
 
+        state.iteration = iteration
+        is_log_point = iteration % config.log_every == 0 or iteration == config.iterations
+        record = _log(iteration, loss, raw, avg, reference, measured, early, elapsed()) if is_log_point else None
         if backtracker is not None and iteration % (config.backtrack_every or config.log_every) == 0:
-            loss_value = loss.item()
-            psnr_deg = -10.0 * math.log10(max(loss_value / measured, 1e-12)) if math.isfinite(loss_value) else -math.inf
+            # At a log point the record already holds the number: no second host sync.
+            psnr_deg = record.psnr_degraded if record is not None else _psnr_from_mse(loss.item(), measured)
             backtracker.check(psnr_deg, net, optimizer)
 
-        state.iteration = iteration
-        if iteration % config.log_every == 0 or iteration == config.iterations:
-            record = _log(iteration, loss, raw, avg, reference, measured, early, elapsed())
+        if record is not None:
             history.append(record)
             if reference is not None:
                 best.offer(iteration, record.psnr, "raw", raw)
@@ -322,6 +323,13 @@ def fit(
     )
 
 
+def _psnr_from_mse(mse: float, measured: float) -> float:
+    """PSNR against ``y`` from the loss, which averages over all of ``y`` though only
+    ``measured`` of it carries data; NaN for a diverged loss (the backtracker treats
+    any non-finite value as a drop)."""
+    return -10.0 * math.log10(max(mse / measured, 1e-12)) if math.isfinite(mse) else float("nan")
+
+
 def _log(
     iteration: int,
     loss: Tensor,
@@ -340,8 +348,8 @@ def _log(
         values.append(early.last_variance)
     numbers = torch.stack([v.to(torch.float32).reshape(()) for v in values]).tolist()
     loss_value = numbers[0]
-    psnr_deg = -10.0 * math.log10(max(loss_value / measured, 1e-12)) if math.isfinite(loss_value) else float("nan")
-    record = dict(iteration=iteration, loss=loss_value, psnr_degraded=psnr_deg, elapsed_s=round(elapsed_s, 3))
+    record = dict(iteration=iteration, loss=loss_value, psnr_degraded=_psnr_from_mse(loss_value, measured),
+                  elapsed_s=round(elapsed_s, 3))
     if reference is not None:
         record.update(psnr=numbers[1], psnr_avg=numbers[2], ssim=numbers[3])
     if early is not None and early.last_variance is not None:

@@ -167,8 +167,9 @@ def restore(
             checkpoint.path.unlink()
         marker.write_text(fingerprint)
 
-    fitted, setup = _run(spec, run, measurement, device, out_dir, callbacks, checkpoint)
-    result = _write_outputs(spec, run, measurement, fitted, setup, out_dir, device)
+    reference = _to_tensor(measurement.reference, device) if measurement.reference is not None else None
+    fitted, setup = _run(spec, run, measurement, reference, device, out_dir, callbacks, checkpoint)
+    result = _write_outputs(spec, run, measurement, reference, fitted, setup, out_dir, device)
     if checkpoint is not None and result.stop_reason != "canceled":
         checkpoint.path.unlink(missing_ok=True)
         (out_dir / "checkpoint.json").unlink(missing_ok=True)
@@ -179,6 +180,7 @@ def _run(
     spec: RestoreSpec,
     run: RunConfig,
     measurement: Measurement,
+    reference: Tensor | None,
     device: torch.device,
     out_dir: Path,
     callbacks: Sequence[Callback],
@@ -202,7 +204,6 @@ def _run(
         torch.manual_seed(spec.seed)
         net = build_net(run.net, out_channels=measurement.channels).to(device)
     jitter = torch.Generator(device=device).manual_seed(spec.seed + 1)
-    reference = _to_tensor(measurement.reference, device) if measurement.reference is not None else None
 
     def snapshot(iteration: int, output: Tensor) -> Path:
         return save_image(out_dir / "snapshots" / f"iter_{iteration:05d}.png", _to_array(output), alpha=measurement.alpha)
@@ -230,6 +231,7 @@ def _write_outputs(
     spec: RestoreSpec,
     run: RunConfig,
     measurement: Measurement,
+    reference: Tensor | None,
     fitted: FitResult,
     setup: dict[str, Any],
     out_dir: Path,
@@ -248,7 +250,6 @@ def _write_outputs(
         title=f"DIP {spec.task}" + (f" x{spec.scale}" if spec.task == "superres" else ""),
         best_iteration=fitted.best_iteration, early_stop_iteration=fitted.early_stop_iteration,
     )
-    reference = _to_tensor(measurement.reference, device) if measurement.reference is not None else None
     psnr_output = _psnr(fitted.output, reference)
     psnr_last = _psnr(fitted.last, reference)
     psnr_input = None
