@@ -62,6 +62,8 @@ class Settings(BaseSettings):
     max_attempts: int = Field(3, description="A job that kills its worker this many times fails.")
     progress_interval_s: float = Field(0.25, description="Least time between progress writes to Redis.")
     checkpoint_every: int = Field(100, description="Iterations between resumable checkpoints.")
+    max_snapshots: int = Field(100, ge=0, description="Snapshot PNGs kept per job: one per logged point up "
+                               "to this many, evenly thinned past it (0: none).")
     lease_s: float = Field(30.0, gt=0, description="A running job's lease: renewed every third of it; "
                            "a job whose lease lapses (its worker died) is re-queued. Also the grace a "
                            "queued job's message has to be confirmed sent (by the API on submission, by "
@@ -70,6 +72,8 @@ class Settings(BaseSettings):
                                  "write while Redis is unreachable.")
 
     device: str = Field("auto", description="Worker device: auto, cpu or cuda.")
+    deterministic: bool = Field(False, description="GPU workers: repeatable seeded runs (deterministic "
+                                "cuDNN and PyTorch algorithms, no autotuning); slower.")
     worker_concurrency: int = Field(1, description="Worker processes (one per GPU).")
     queue: str = Field("dip", description="Celery queue name.")
 

@@ -1,7 +1,7 @@
 """Where a job's files live on the results volume, and the names they are served under.
 
 ``<results_dir>/<job id>/`` holds the validated inputs (``input.png``,
-``mask.png``, ``reference.png``; the extension follows the uploaded format)
+``mask.png``, ``kernel.png``, ``reference.png``; the extension follows the uploaded format)
 and the engine's outputs under ``out/``. Uploads are received in
 ``<results_dir>/.staging/`` and moved into place only once valid.
 
@@ -17,11 +17,11 @@ import secrets
 from pathlib import Path
 
 JOB_ID = re.compile(r"[A-Za-z0-9_-]{22}")
-FILE_NAME = re.compile(r"(?:input|mask|reference|result|best|last|degraded|curves)\.[a-z0-9]{2,5}"
+FILE_NAME = re.compile(r"(?:input|mask|kernel|reference|result|best|last|degraded|curves)\.[a-z0-9]{2,5}"
                        r"|metrics\.json|snapshot_[0-9]{1,9}\.png")
 OUT_DIR = "out"
 STAGING_DIR = ".staging"
-INPUT_FIELDS = {"image": "input", "mask": "mask", "reference": "reference"}
+INPUT_FIELDS = {"image": "input", "mask": "mask", "kernel": "kernel", "reference": "reference"}
 
 _EXTENSIONS = {"JPEG": "jpg", "TIFF": "tif", "JPEG2000": "jp2"}
 

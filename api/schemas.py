@@ -9,6 +9,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validat
 
 from api.layout import snapshot_order
 from api.store import JobRecord, JobStatus
+from dip_engine.problems import PROBLEMS
 from dip_engine.spec import SCALES, EarlyStopMode, PresetName, RestoreSpec, TaskName
 
 __all__ = [
@@ -29,16 +30,26 @@ class JobCreate(BaseModel):
 
     model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
-    task: TaskName = Field(description="What to restore: denoise, superres or inpaint.")
+    task: TaskName = Field(description="What to restore: " + "; ".join(
+        f"{name}: {problem.description}" for name, problem in PROBLEMS.items()) + ".")
     scale: int = Field(4, description="Super-resolution factor: 2, 4 or 8.",
                        json_schema_extra={"enum": list(SCALES)})
     from_hr: bool = Field(False, description="superres: the image is high-resolution; downsample it "
                                              "by `scale` first and score the result against it.")
-    add_noise_sigma: float | None = Field(None, gt=0, le=255, description="denoise: add Gaussian noise "
-                                          "of this sigma (0-255 scale) and score against the clean image.")
+    add_noise_sigma: float | None = Field(None, gt=0, le=255, description="denoise (and deblur with "
+                                          "from_sharp): add Gaussian noise of this sigma (0-255 scale) and "
+                                          "score against the clean image.")
     drop_fraction: float | None = Field(None, gt=0, lt=1, description="inpaint: drop this fraction of "
                                         "pixels at random (seeded) instead of uploading a mask.")
-    preset: PresetName = Field("fast", description="Hyperparameter preset.")
+    blur_sigma: float | None = Field(None, gt=0, le=20, description="deblur: the blur is a Gaussian of this "
+                                     "sigma in pixels (or upload a `kernel` image instead).")
+    from_sharp: bool = Field(False, description="deblur: the image is sharp; blur it with the kernel first "
+                                                "(then add add_noise_sigma) and score the result against it.")
+    jpeg_quality: int | None = Field(None, ge=1, le=95, description="dejpeg: the image is clean; compress it "
+                                     "as a JPEG of this quality first and score the result against it.")
+    preset: PresetName = Field("fast", description="Hyperparameter preset. fast: sized for a CPU; quality: "
+                               "the paper's networks with our loop improvements; paper: the published "
+                               "protocol exactly (fixed iterations, raw output, no early stopping).")
     iterations: int | None = Field(None, ge=1, description="Optimisation steps (server maximum applies).")
     log_every: int | None = Field(None, ge=1, description="Iterations between history points.")
     snapshot_every: int | None = Field(None, ge=1, description="Iterations between snapshot PNGs.")
@@ -61,8 +72,8 @@ class JobCreate(BaseModel):
             raise ValueError(f"iterations must be at most {cap} on this server, got {value}")
         return value
 
-    def to_spec(self, *, device: str = "auto") -> RestoreSpec:
-        return RestoreSpec(**self.model_dump(), device=device)  # type: ignore[arg-type]
+    def to_spec(self, *, device: str = "auto", deterministic: bool = False) -> RestoreSpec:
+        return RestoreSpec(**self.model_dump(), device=device, deterministic=deterministic)  # type: ignore[arg-type]
 
 
 class Progress(BaseModel):
@@ -115,6 +126,7 @@ class ErrorBody(BaseModel):
 class JobInputs(BaseModel):
     image: str | None = None
     mask: str | None = None
+    kernel: str | None = None
     reference: str | None = None
 
 
@@ -123,7 +135,8 @@ class JobOutputs(BaseModel):
     best: str | None = Field(None, description="The best iterate by PSNR, or the early-stop output.")
     last: str | None = Field(None, description="The last iterate.")
     degraded: str | None = Field(None, description="The measurement made from a clean input "
-                                 "(add_noise_sigma, from_hr, drop_fraction), for comparison.")
+                                 "(add_noise_sigma, from_hr, drop_fraction, from_sharp, jpeg_quality), "
+                                 "for comparison.")
     curves: str | None = Field(None, description="Loss/PSNR curves (PNG).")
     metrics: str | None = Field(None, description="metrics.json written by the engine.")
     snapshots: list[str] = Field(default_factory=list, description="Snapshot PNGs, oldest first.")
@@ -183,7 +196,8 @@ class JobPublic(BaseModel):
             cancel_requested=record.cancel_requested,
             progress=progress,
             metrics=None if metrics == Metrics() else metrics,
-            inputs=JobInputs(image=first("input."), mask=first("mask."), reference=first("reference.")),
+            inputs=JobInputs(image=first("input."), mask=first("mask."), kernel=first("kernel."),
+                             reference=first("reference.")),
             outputs=JobOutputs(result=first("result."), best=first("best."), last=first("last."),
                                degraded=first("degraded."), curves=first("curves."), metrics=first("metrics."),
                                snapshots=[files[name] for name in sorted(

@@ -36,7 +36,7 @@ from api.store import JobRecord, JobStore
 from api.store.jobs import QueueFull
 from api.uploads import receive_form
 from dip_engine.errors import InputError
-from dip_engine.io import ImageInfo, inspect_image
+from dip_engine.io import ImageInfo, inspect_image, load_kernel
 from dip_engine.validation import check_inputs, validate_spec
 
 log = logging.getLogger(__name__)
@@ -162,11 +162,15 @@ def place_inputs(params: JobCreate, uploads: dict[str, Path], staging: Path, *,
             infos[field] = inspect_image(
                 path,
                 max_pixels=settings.max_output_pixels if field == "reference" else settings.max_pixels,
-                min_size=1 if field == "mask" else settings.min_size)
+                min_size=1 if field in ("mask", "kernel") else settings.min_size)
         except InputError as exc:
             raise InputError(exc.code, exc.message if field == "image" else f"{field}: {exc.message}") from exc
-    check_inputs(spec, infos["image"], mask=infos.get("mask"), reference=infos.get("reference"),
-                 max_output_pixels=settings.max_output_pixels, min_size=settings.min_size)
+    check_inputs(spec, infos["image"], mask=infos.get("mask"), kernel=infos.get("kernel"),
+                 reference=infos.get("reference"), max_output_pixels=settings.max_output_pixels,
+                 min_size=settings.min_size)
+    if "kernel" in uploads:
+        # Its values too (colour, all black): refused now rather than failing in the worker.
+        load_kernel(uploads["kernel"], max_size=(infos["image"].width, infos["image"].height))
     files = {}
     for field, path in uploads.items():
         name = input_file_name(field, infos[field].format)
@@ -182,6 +186,8 @@ def form_openapi() -> dict[str, Any]:
     properties = {
         "image": {**binary, "description": "The image to restore (PNG, JPEG, ...)."},
         "mask": {**binary, "description": "inpaint: white = known pixel, black = to fill; same size."},
+        "kernel": {**binary, "description": "deblur: the blur kernel as a grayscale image (brighter = more "
+                                            "weight), at most the image's size; instead of blur_sigma."},
         "reference": {**binary, "description": "Clean image the size of the output, to score PSNR against."},
         **{name: _not_null(field) for name, field in params["properties"].items()},
     }

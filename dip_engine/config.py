@@ -14,6 +14,17 @@ class NetConfig:
 
     ``input`` is the fixed code ``z``: ``"noise"`` (uniform in [0, 0.1), the
     paper's choice) or ``"meshgrid"`` (2 channels of x/y coordinates).
+
+    The skip net is ``levels`` levels of ``channels`` with skips of
+    ``skip_channels``, unless per-level widths are given: ``channels_down``,
+    ``channels_up`` and ``channels_skip`` (0 drops a level's skip). The given
+    ones must have one length, which is then the depth, and ``levels`` is
+    ignored; one left ``None`` repeats ``channels`` (or ``skip_channels``).
+    ``kernel_*`` are the odd kernel sizes of the encoder, decoder and skip
+    convolutions, ``need1x1_up`` adds a 1x1 block after each decoder conv,
+    ``downsample_mode`` replaces the stride-2 conv with a conv and pooling
+    (``"avg"``, ``"max"``) or a Lanczos blur-and-decimate, and ``activation``
+    picks the non-linearity ("Swish" is SiLU), as in the reference code.
     """
 
     name: str = "skip"
@@ -25,6 +36,15 @@ class NetConfig:
     input: Literal["noise", "meshgrid"] = "noise"
     input_channels: int = 32
     input_scale: float = 0.1
+    channels_down: tuple[int, ...] | None = None
+    channels_up: tuple[int, ...] | None = None
+    channels_skip: tuple[int, ...] | None = None
+    kernel_down: int = 3
+    kernel_up: int = 3
+    kernel_skip: int = 1
+    need1x1_up: bool = True
+    downsample_mode: Literal["stride", "avg", "max", "lanczos2", "lanczos3"] = "stride"
+    activation: Literal["LeakyReLU", "Swish", "ELU", "none"] = "LeakyReLU"
 
     def __post_init__(self) -> None:
         for name in ("channels", "levels", "input_channels"):
@@ -32,10 +52,47 @@ class NetConfig:
                 raise ValueError(f"NetConfig.{name} must be >= 1, got {getattr(self, name)}")
         if self.skip_channels < 0:
             raise ValueError(f"NetConfig.skip_channels must be >= 0, got {self.skip_channels}")
+        given: dict[str, tuple[int, ...]] = {}
+        for name, low in (("channels_down", 1), ("channels_up", 1), ("channels_skip", 0)):
+            value = getattr(self, name)
+            if value is None:
+                continue
+            if not isinstance(value, (tuple, list)) or not value or any(
+                    isinstance(v, bool) or not isinstance(v, int) or v < low for v in value):
+                raise ValueError(
+                    f"NetConfig.{name} must be a non-empty tuple of ints >= {low}, got {value!r}")
+            # Lists (from a parser or JSON) become tuples, so the config stays hashable.
+            object.__setattr__(self, name, tuple(value))
+            given[name] = tuple(value)
+        if len({len(v) for v in given.values()}) > 1:
+            listed = ", ".join(f"{k}={v!r}" for k, v in given.items())
+            raise ValueError(f"NetConfig per-level channels must have one length, got {listed}")
+        for name in ("kernel_down", "kernel_up", "kernel_skip"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1 or value % 2 == 0:
+                raise ValueError(f"NetConfig.{name} must be an odd int >= 1, got {value!r}")
+        if not isinstance(self.need1x1_up, bool):
+            raise ValueError(f"NetConfig.need1x1_up must be a bool, got {self.need1x1_up!r}")
+        for name, choices in (("downsample_mode", ("stride", "avg", "max", "lanczos2", "lanczos3")),
+                              ("activation", ("LeakyReLU", "Swish", "ELU", "none"))):
+            if getattr(self, name) not in choices:
+                raise ValueError(f"NetConfig.{name} must be one of {choices}, got {getattr(self, name)!r}")
+
+    @property
+    def depth(self) -> int:
+        """Number of levels: the length of the per-level channels if given, else ``levels``."""
+        given = [v for v in (self.channels_down, self.channels_up, self.channels_skip) if v is not None]
+        return len(given[0]) if given else self.levels
+
+    def level_channels(self) -> tuple[tuple[int, ...], tuple[int, ...], tuple[int, ...]]:
+        """``(channels_down, channels_up, channels_skip)``, one entry per level."""
+        return (self.channels_down or (self.channels,) * self.depth,
+                self.channels_up or (self.channels,) * self.depth,
+                self.channels_skip or (self.skip_channels,) * self.depth)
 
     @property
     def size_multiple(self) -> int:
-        return 2**self.levels
+        return 2**self.depth
 
 
 @dataclass(frozen=True)
@@ -75,26 +132,45 @@ class FitConfig:
         lr: Adam learning rate (constant).
         reg_noise_std: std of the fresh Gaussian jitter added to ``z`` each iteration.
         ema: output averaging weight (``0`` disables): ``avg = ema * avg + (1 - ema) * out``.
-        backtrack_db: restore the last good weights when the PSNR against the
-            degraded input drops by more than this between checks (``None`` disables).
-        backtrack_every: iterations between those checks; ``None``: at log points, since
-            the check reads the loss on the host and logging already does.
+        ema_start: ``"debiased"`` starts the average at zero and divides by
+            ``1 - ema**t`` (as Adam's moments); ``"first"`` seeds it with the first
+            output, as the reference code does (that random output then weighs on
+            short runs).
+        backtrack_db: undo a drop of more than this in the PSNR against the
+            degraded input (``None`` disables).
+        backtrack_rule: ``"rollback"`` checks every ``backtrack_every`` iterations
+            against the last accepted check, keeps the weights that produced the
+            checked output (taken before the step), and on a drop restores the
+            weights, Adam's moments, the output average and the early-stopping
+            window, so the spike leaves no trace. ``"reference"`` is the authors'
+            notebook rule: checked every iteration but those where ``i % log_every
+            == 0`` (0-based ``i``), parameters only, the average keeps the spike, and
+            the step still runs with the spike's gradients.
+        backtrack_every: iterations between rollback checks; ``None``: at log points,
+            where the loss is read on the host anyway.
         early_stop: ES-WMV settings, ``None`` to run to the cap.
-        output: which output a run returns and snapshots: the EMA or the raw one.
+        output: which output a run returns and snapshots: the average (``"ema"``) or
+            the raw one; a raw run's last output is ``net(z)`` without jitter, as the
+            reference code returns it.
         log_every: iterations between logged points (loss, PSNR, SSIM).
-        snapshot_every: iterations between snapshot PNGs (``None``: none).
+        snapshot_every: iterations between snapshot PNGs; ``None``: at every log point.
+        max_snapshots: at most this many snapshots (``0``: none): past it the interval
+            is widened to a multiple of itself, so snapshots stay evenly spaced.
     """
 
     iterations: int = 3000
     lr: float = 0.01
     reg_noise_std: float = 1.0 / 30.0
     ema: float = 0.99
+    ema_start: Literal["debiased", "first"] = "debiased"
     backtrack_db: float | None = 5.0
+    backtrack_rule: Literal["rollback", "reference"] = "rollback"
     backtrack_every: int | None = None
     early_stop: EarlyStopConfig | None = field(default_factory=EarlyStopConfig)
     output: OutputKind = "ema"
     log_every: int = 50
     snapshot_every: int | None = None
+    max_snapshots: int = 100
 
     def __post_init__(self) -> None:
         if self.iterations < 1:
@@ -105,9 +181,32 @@ class FitConfig:
             raise ValueError(f"FitConfig.reg_noise_std must be >= 0, got {self.reg_noise_std}")
         if not 0.0 <= self.ema < 1.0:
             raise ValueError(f"FitConfig.ema must be in [0, 1), got {self.ema}")
+        if self.ema_start not in ("debiased", "first"):
+            raise ValueError(f"FitConfig.ema_start must be 'debiased' or 'first', got {self.ema_start!r}")
+        if self.backtrack_rule not in ("rollback", "reference"):
+            raise ValueError(f"FitConfig.backtrack_rule must be 'rollback' or 'reference', got {self.backtrack_rule!r}")
         if self.log_every < 1 or (self.backtrack_every is not None and self.backtrack_every < 1):
             raise ValueError(f"log_every and backtrack_every must be >= 1, got {self.log_every}, {self.backtrack_every}")
         if self.snapshot_every is not None and self.snapshot_every < 1:
             raise ValueError(f"FitConfig.snapshot_every must be >= 1 or None, got {self.snapshot_every}")
+        if self.max_snapshots < 0:
+            raise ValueError(f"FitConfig.max_snapshots must be >= 0, got {self.max_snapshots}")
         if self.output not in ("ema", "raw"):
             raise ValueError(f"FitConfig.output must be 'ema' or 'raw', got {self.output!r}")
+
+    @property
+    def snapshot_interval(self) -> int | None:
+        """Iterations between snapshots once the cap is applied (``None``: no snapshots)."""
+        if self.max_snapshots == 0:
+            return None
+        every = self.snapshot_every or self.log_every
+        return every * -(-(self.iterations // every) // self.max_snapshots) or every
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """Everything a run needs beyond its inputs."""
+
+    net: NetConfig
+    fit: FitConfig
+    downsample_kernel: str = "lanczos2"

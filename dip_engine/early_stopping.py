@@ -38,6 +38,13 @@ class WindowedVariance:
         self._sum: Tensor | None = None
         self._sum_sq: Tensor | None = None
 
+    def reset(self) -> None:
+        """Empty the window (after a backtrack: the outputs in it belong to a spike)."""
+        self.count = 0
+        if self._buffer is not None:
+            self._sum.zero_()  # type: ignore[union-attr]
+            self._sum_sq.zero_()  # type: ignore[union-attr]
+
     def update(self, x: Tensor) -> Tensor | None:
         """Add ``x``; return the mean per-pixel variance once the window is full."""
         x = x.detach().to(torch.float32)
@@ -86,6 +93,8 @@ class EarlyStopping:
         self._best_iter: Tensor | None = None
         self.candidate: Tensor | None = None
         self.last_variance: Tensor | None = None
+        # The iteration as a device scalar, filled in place: no host-to-device copy per step.
+        self._iteration: Tensor | None = None
 
     def update(self, iteration: int, output: Tensor, candidate: Tensor | None = None) -> None:
         """Feed the raw output of ``iteration``; ``candidate`` (default: the output)
@@ -96,15 +105,17 @@ class EarlyStopping:
 
     def update_variance(self, iteration: int, var: Tensor, candidate: Tensor) -> None:
         self.last_variance = var
-        it = torch.tensor(iteration, device=var.device)
         if self._best_var is None:
             self._best_var = var.clone()
-            self._best_iter = it
+            self._best_iter = torch.full((), iteration, dtype=torch.long, device=var.device)
             self.candidate = candidate.detach().clone()
             return
+        if self._iteration is None or self._iteration.device != var.device:
+            self._iteration = torch.zeros((), dtype=torch.long, device=var.device)
+        self._iteration.fill_(iteration)
         better = var < self._best_var * (1.0 - self.config.min_delta)
         self._best_var = torch.where(better, var, self._best_var)
-        self._best_iter = torch.where(better, it, self._best_iter)
+        self._best_iter = torch.where(better, self._iteration, self._best_iter)
         self.candidate = torch.where(better, candidate.detach(), self.candidate)
 
     @property

@@ -9,7 +9,8 @@ class InputError(ValueError):
     ``code`` is a stable machine-readable token (``invalid_image``,
     ``image_too_small``, ``image_too_large``, ``mask_size_mismatch``,
     ``mask_not_allowed``, ``mask_required``, ``reference_size_mismatch``,
-    ``invalid_parameter``); the API puts it in its JSON error body and the
+    ``kernel_not_allowed``, ``kernel_required``, ``kernel_too_large``,
+    ``invalid_kernel``, ``invalid_parameter``); the API puts it in its JSON error body and the
     CLI prints the message on one line.
     """
 

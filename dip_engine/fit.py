@@ -66,32 +66,53 @@ class FitResult:
 
 
 class _Backtracker:
-    """Restore the last good weights when PSNR against ``y`` falls by more than ``drop_db``.
+    """Undo DIP's sudden loss spikes: when the PSNR against ``y`` falls by more than
+    ``drop_db`` from the last accepted check, go back to that check's weights.
 
-    The reference code's remedy for DIP's sudden loss spikes; we also restore
-    Adam's moments, which the spike has filled with huge gradients.
+    Checked before the optimiser step, so the weights kept are those that
+    produced the checked output. ``rule="rollback"`` also restores Adam's moments
+    (a spike fills them with huge gradients) and the output average, skips the
+    step, and clears the early-stopping window, so the spike leaves no trace in
+    any of them. ``rule="reference"`` is the authors' notebook: parameters only.
     """
 
-    def __init__(self, drop_db: float) -> None:
+    def __init__(self, drop_db: float, rule: str) -> None:
         self.drop_db = drop_db
+        self.rule = rule
         self.last_psnr: float | None = None
         self.saved: dict[str, Any] | None = None
         self.count = 0
 
-    def check(self, psnr_degraded: float, net: nn.Module, optimizer: torch.optim.Optimizer) -> bool:
-        if self.last_psnr is not None and self.saved is not None and (
-            not math.isfinite(psnr_degraded) or psnr_degraded < self.last_psnr - self.drop_db
-        ):
-            net.load_state_dict(self.saved["net"])
-            optimizer.load_state_dict(self.saved["optimizer"])
-            self.count += 1
-            return True
+    def is_drop(self, psnr_degraded: float) -> bool:
+        return self.saved is not None and self.last_psnr is not None and (
+            not math.isfinite(psnr_degraded) or psnr_degraded < self.last_psnr - self.drop_db)
+
+    def accept(self, psnr_degraded: float, net: nn.Module, optimizer: torch.optim.Optimizer,
+               ema_sum: Tensor | None) -> None:
+        if not math.isfinite(psnr_degraded):
+            return
         self.last_psnr = psnr_degraded
+        if self.rule == "reference":
+            self.saved = {"params": [p.detach().clone() for p in net.parameters()]}
+            return
         self.saved = {
             "net": {k: v.detach().clone() for k, v in net.state_dict().items()},
             "optimizer": copy.deepcopy(optimizer.state_dict()),
+            "ema_sum": None if ema_sum is None else ema_sum.clone(),
         }
-        return False
+
+    def restore(self, net: nn.Module, optimizer: torch.optim.Optimizer) -> Tensor | None:
+        """Put the saved state back; returns the saved output average (rollback rule)."""
+        assert self.saved is not None
+        self.count += 1
+        if self.rule == "reference":
+            with torch.no_grad():
+                for param, saved in zip(net.parameters(), self.saved["params"]):
+                    param.copy_(saved)
+            return None
+        net.load_state_dict(self.saved["net"])
+        optimizer.load_state_dict(self.saved["optimizer"])
+        return None if self.saved["ema_sum"] is None else self.saved["ema_sum"].clone()
 
     def state_dict(self) -> dict[str, Any]:
         return {"last_psnr": self.last_psnr, "saved": self.saved, "count": self.count}
@@ -174,7 +195,8 @@ def fit(
 
     optimizer = torch.optim.Adam(net.parameters(), lr=config.lr)
     early = EarlyStopping(config.early_stop) if config.early_stop is not None else None
-    backtracker = _Backtracker(config.backtrack_db) if config.backtrack_db is not None else None
+    backtracker = (_Backtracker(config.backtrack_db, config.backtrack_rule)
+                   if config.backtrack_db is not None else None)
     best = _BestTracker()
     history: list[LogRecord] = []
     snapshots: list[Path] = []
@@ -234,6 +256,14 @@ def fit(
         for cb in callbacks:
             cb.on_checkpoint(state, checkpoint.path)
 
+    snapshot_interval = config.snapshot_interval
+
+    def backtrack_due(iteration: int) -> bool:
+        if config.backtrack_rule == "reference":
+            # The notebook checks when its 0-based ``i % show_every`` is non-zero.
+            return (iteration - 1) % config.log_every != 0
+        return iteration % (config.backtrack_every or config.log_every) == 0
+
     for cb in callbacks:
         cb.on_fit_start(state)
     net.train()
@@ -247,11 +277,28 @@ def fit(
         loss = torch.mean((physics.A(out) - y) ** 2)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
+        if backtracker is not None and backtrack_due(iteration):
+            psnr_deg = _psnr_from_mse(loss.item(), measured)
+            if backtracker.is_drop(psnr_deg):
+                restored = backtracker.restore(net, optimizer)
+                if backtracker.rule == "rollback":
+                    ema_sum = restored
+                    if early is not None:
+                        early.variance.reset()
+                    state.iteration = iteration
+                    for cb in callbacks:
+                        cb.on_step(state)
+                    continue
+            else:
+                backtracker.accept(psnr_deg, net, optimizer, ema_sum)
         optimizer.step()
 
         raw = out.detach()[..., :h, :w]
         if config.ema == 0:
             avg = raw
+        elif config.ema_start == "first":
+            ema_sum = raw.clone() if ema_sum is None else ema_sum.mul_(config.ema).add_(raw, alpha=1 - config.ema)
+            avg = ema_sum
         else:
             # Zero-initialised and bias-corrected (as Adam's moments): the reference code seeds
             # the average with the first, random output, which then dominates short runs.
@@ -264,10 +311,6 @@ def fit(
         state.iteration = iteration
         is_log_point = iteration % config.log_every == 0 or iteration == config.iterations
         record = _log(iteration, loss, raw, avg, reference, measured, early, elapsed()) if is_log_point else None
-        if backtracker is not None and iteration % (config.backtrack_every or config.log_every) == 0:
-            # At a log point the record already holds the number: no second host sync.
-            psnr_deg = record.psnr_degraded if record is not None else _psnr_from_mse(loss.item(), measured)
-            backtracker.check(psnr_deg, net, optimizer)
 
         if record is not None:
             history.append(record)
@@ -283,7 +326,7 @@ def fit(
                     state.request_stop("early_stop")
             for cb in callbacks:
                 cb.on_log(state, record)
-        if snapshot is not None and config.snapshot_every and iteration % config.snapshot_every == 0:
+        if snapshot is not None and snapshot_interval and iteration % snapshot_interval == 0:
             path = snapshot(iteration, selected(raw, avg))
             snapshots.append(path)
             for cb in callbacks:
@@ -299,6 +342,10 @@ def fit(
     if state.stop_reason == "canceled":
         save(iteration)
     last = selected(raw, avg)
+    if config.output == "raw" and config.reg_noise_std > 0:
+        # The reference code's answer: the trained net on its fixed code, without jitter.
+        with torch.no_grad():
+            last = net(z)[..., :h, :w]
     detected = early.detected_iteration if early is not None else None
     output = early.candidate if early is not None and early.candidate is not None else last
     state.elapsed_s = elapsed()

@@ -140,6 +140,46 @@ def load_mask(source: ImageSource, *, size: tuple[int, int]) -> np.ndarray:
     return luminance >= 0.5
 
 
+def load_kernel(source: ImageSource, *, max_size: tuple[int, int] | None = None) -> np.ndarray:
+    """Read a blur kernel image: float32 ``(h, w)``, non-negative, normalised to sum 1.
+
+    A grayscale image, or a colour one whose channels are equal; brighter is
+    more weight. The kernel is a convolution kernel: its centre is pixel
+    ``((h - 1) // 2, (w - 1) // 2)``.
+
+    Args:
+        source: Encoded bytes, a file path or a binary stream.
+        max_size: ``(width, height)`` the kernel may not exceed (the image's).
+
+    Raises:
+        InputError: ``invalid_image`` (unreadable), ``invalid_kernel`` (colour,
+            all black) or ``kernel_too_large``.
+    """
+    def too_large(width: int, height: int) -> InputError:
+        return InputError("kernel_too_large", f"kernel is {width}x{height} px, larger than the "
+                          f"{max_size[0]}x{max_size[1]} px image")  # type: ignore[index]
+
+    def check_header(width: int, height: int) -> None:
+        # Before decoding (the EXIF orientation may still swap the sides, not the count).
+        if max_size is not None and width * height > max_size[0] * max_size[1]:
+            raise too_large(width, height)
+
+    image, info = _read_image(source, what="kernel", min_size=1, check_header=check_header)
+    if max_size is not None and (info.width > max_size[0] or info.height > max_size[1]):
+        raise too_large(info.width, info.height)
+    with _pillow_errors("kernel"):
+        pixels, _ = _to_arrays(image, info)
+    if pixels.shape[-1] != 1 and not (np.allclose(pixels[..., 0], pixels[..., 1], atol=1 / 255)
+                                      and np.allclose(pixels[..., 0], pixels[..., 2], atol=1 / 255)):
+        raise InputError("invalid_kernel", "kernel must be a 2-D (grayscale) image, got one whose colour "
+                         "channels differ")
+    kernel = pixels[..., 0].astype(np.float64)
+    total = kernel.sum()
+    if not total > 0:
+        raise InputError("invalid_kernel", "kernel is all black: it has no weight to blur with")
+    return (kernel / total).astype(np.float32)
+
+
 def save_image(path: str | os.PathLike[str], pixels: np.ndarray, *,
                alpha: np.ndarray | None = None) -> Path:
     """Write float pixels in [0, 1] (clipped) as an 8-bit PNG, atomically.

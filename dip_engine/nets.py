@@ -1,72 +1,84 @@
 """Generator networks for Deep Image Prior, built by name.
 
 ``skip`` is the hourglass with skip connections of Ulyanov et al. (reference
-code: ``models/skip.py`` and ``models/common.py`` of
-DmitryUlyanov/deep-image-prior), rebuilt module for module so that parameter
-counts and behaviour match the paper. ``unet`` is a small U-Net for fast CPU
-runs. Build either with :func:`get_net`::
+code: ``models/skip.py``, ``models/common.py`` and ``models/downsampler.py``
+of DmitryUlyanov/deep-image-prior), rebuilt module for module so that
+parameter counts and behaviour match the paper. ``unet`` is a small U-Net for
+fast CPU runs. Build either with :func:`get_net`, or from a run's
+:class:`~dip_engine.config.NetConfig` with :func:`build_from_config`::
 
     net = get_net("skip", in_channels=32, out_channels=3)
     net.size_multiple  # 32: input height and width must be multiples of it
 
 Batch normalisation never keeps running statistics: DIP fits one image, in a
 batch of one, and evaluation must compute exactly what training computes.
+
+Padding and upsampling come from :mod:`dip_engine.layers`, which keeps
+seeded CUDA runs repeatable in deterministic mode.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, fields
 from types import MappingProxyType
 from typing import Literal, get_args
 
 import torch
 from torch import Tensor, nn
 
+from .config import NetConfig
+from .layers import (DownsampleMode, ReflectionPad2d, Upsample2x, UpsampleMode, downsampler, reflection_pad,
+                     replication_pad, upsample2x_bilinear, upsample2x_nearest)
+
 __all__ = [
-    "Concat",
-    "NETS",
-    "PadMode",
-    "SkipNet",
-    "UNet",
-    "UpsampleMode",
-    "count_parameters",
-    "get_net",
-    "list_nets",
-    "skip",
-    "unet",
+    "Activation", "Concat", "DownsampleMode", "NETS", "PadMode", "SkipNet", "UNet", "UpsampleMode",
+    "build_from_config", "count_parameters", "get_net", "list_nets", "reflection_pad",
+    "replication_pad", "skip", "unet", "upsample2x_bilinear", "upsample2x_nearest",
 ]
 
-UpsampleMode = Literal["bilinear", "nearest"]
 PadMode = Literal["reflection", "zero"]
-
-
-# --------------------------------------------------------------------------- layers
+Activation = Literal["LeakyReLU", "Swish", "ELU", "none"]
 
 
 def _bn(channels: int) -> nn.BatchNorm2d:
     return nn.BatchNorm2d(channels, track_running_stats=False)
 
 
-def _act() -> nn.LeakyReLU:
-    return nn.LeakyReLU(0.2, inplace=True)
+def _act(kind: Activation = "LeakyReLU") -> nn.Module:
+    if kind == "LeakyReLU":
+        return nn.LeakyReLU(0.2, inplace=True)
+    if kind == "Swish":
+        return nn.SiLU()  # x * sigmoid(x), the reference's Swish
+    return nn.ELU() if kind == "ELU" else nn.Identity()
 
 
-def _conv(in_ch: int, out_ch: int, kernel: int, *, stride: int = 1, pad: PadMode) -> nn.Module:
-    """``kernel``x``kernel`` convolution that keeps the size (up to ``stride``)."""
+def _conv(in_ch: int, out_ch: int, kernel: int, *, stride: int = 1, pad: PadMode,
+          downsample: DownsampleMode = "stride") -> nn.Module:
+    """``kernel``x``kernel`` convolution that keeps the size (up to ``stride``).
+
+    With a ``downsample`` other than ``"stride"``, a stride > 1 becomes a
+    stride-1 conv followed by that downsampler, as in the reference ``conv``.
+    """
+    pooled = stride > 1 and downsample != "stride"
+    if pooled:
+        stride = 1
     to_pad = (kernel - 1) // 2
     if pad == "reflection" and to_pad > 0:
         # Reflection avoids the dark borders that zero padding teaches the net.
-        return nn.Sequential(nn.ReflectionPad2d(to_pad), nn.Conv2d(in_ch, out_ch, kernel, stride))
-    return nn.Conv2d(in_ch, out_ch, kernel, stride, padding=to_pad)
+        layers = [ReflectionPad2d(to_pad), nn.Conv2d(in_ch, out_ch, kernel, stride)]
+    else:
+        layers = [nn.Conv2d(in_ch, out_ch, kernel, stride, padding=to_pad)]
+    if pooled:
+        layers.append(downsampler(downsample))
+    return layers[0] if len(layers) == 1 else nn.Sequential(*layers)
 
 
-def _conv_bn_act(in_ch: int, out_ch: int, kernel: int, *, stride: int = 1,
-                 pad: PadMode) -> list[nn.Module]:
-    return [_conv(in_ch, out_ch, kernel, stride=stride, pad=pad), _bn(out_ch), _act()]
-
-
-def _upsample(mode: UpsampleMode) -> nn.Upsample:
-    return nn.Upsample(scale_factor=2, mode=mode, align_corners=False if mode == "bilinear" else None)
+def _conv_bn_act(in_ch: int, out_ch: int, kernel: int, *, stride: int = 1, pad: PadMode,
+                 downsample: DownsampleMode = "stride",
+                 activation: Activation = "LeakyReLU") -> list[nn.Module]:
+    return [_conv(in_ch, out_ch, kernel, stride=stride, pad=pad, downsample=downsample),
+            _bn(out_ch), _act(activation)]
 
 
 def _center_crop_cat(tensors: Sequence[Tensor]) -> Tensor:
@@ -143,6 +155,20 @@ class SkipNet(nn.Sequential):
         self.size_multiple = size_multiple
 
 
+@dataclass(frozen=True)
+class _SkipOptions:
+    """The per-net settings every level of :func:`skip` shares."""
+
+    kernel_down: int
+    kernel_up: int
+    kernel_skip: int
+    upsample_mode: UpsampleMode
+    pad: PadMode
+    need1x1_up: bool
+    downsample_mode: DownsampleMode
+    activation: Activation
+
+
 def skip(
     in_channels: int = 32,
     out_channels: int = 3,
@@ -157,6 +183,8 @@ def skip(
     pad: PadMode = "reflection",
     need_sigmoid: bool = True,
     need1x1_up: bool = True,
+    downsample_mode: DownsampleMode = "stride",
+    activation: Activation = "LeakyReLU",
 ) -> SkipNet:
     """The Deep Image Prior hourglass with skip connections.
 
@@ -180,6 +208,11 @@ def skip(
         pad: ``"reflection"`` or ``"zero"``.
         need_sigmoid: End with a sigmoid, for images in [0, 1].
         need1x1_up: Add a 1x1 conv block after each decoder conv.
+        downsample_mode: ``"stride"`` (a stride-2 conv) or a stride-1 conv
+            followed by ``"avg"`` or ``"max"`` 2x2 pooling or a fixed
+            ``"lanczos2"``/``"lanczos3"`` blur-and-decimate.
+        activation: ``"LeakyReLU"`` (slope 0.2), ``"Swish"`` (SiLU), ``"ELU"``
+            or ``"none"``.
 
     Returns:
         A :class:`SkipNet` whose ``size_multiple`` is ``2 ** depth``.
@@ -198,10 +231,13 @@ def skip(
     for name, kernel in (("kernel_down", kernel_down), ("kernel_up", kernel_up),
                          ("kernel_skip", kernel_skip)):
         _check_kernel(name, kernel)
+    _check_choice("downsample_mode", downsample_mode, get_args(DownsampleMode))
+    _check_choice("activation", activation, get_args(Activation))
+    options = _SkipOptions(kernel_down=kernel_down, kernel_up=kernel_up, kernel_skip=kernel_skip,
+                           upsample_mode=upsample_mode, pad=pad, need1x1_up=bool(need1x1_up),
+                           downsample_mode=downsample_mode, activation=activation)
 
-    body = _skip_level(0, in_channels, down, up, skips, kernel_down=kernel_down, kernel_up=kernel_up,
-                       kernel_skip=kernel_skip, upsample_mode=upsample_mode, pad=pad,
-                       need1x1_up=need1x1_up)
+    body = _skip_level(0, in_channels, down, up, skips, options)
     head: list[nn.Module] = [_conv(up[0], out_channels, 1, pad=pad)]
     if need_sigmoid:
         head.append(nn.Sigmoid())
@@ -209,30 +245,30 @@ def skip(
 
 
 def _skip_level(i: int, in_ch: int, down: tuple[int, ...], up: tuple[int, ...],
-                skips: tuple[int, ...], *, kernel_down: int, kernel_up: int, kernel_skip: int,
-                upsample_mode: UpsampleMode, pad: PadMode, need1x1_up: bool) -> list[nn.Module]:
+                skips: tuple[int, ...], opt: _SkipOptions) -> list[nn.Module]:
     """Modules of level ``i`` and, recursively, of every level below it."""
     deepest = i == len(down) - 1
+    act, pad = opt.activation, opt.pad
     deeper: list[nn.Module] = [
-        *_conv_bn_act(in_ch, down[i], kernel_down, stride=2, pad=pad),
-        *_conv_bn_act(down[i], down[i], kernel_down, pad=pad),
+        *_conv_bn_act(in_ch, down[i], opt.kernel_down, stride=2, pad=pad,
+                      downsample=opt.downsample_mode, activation=act),
+        *_conv_bn_act(down[i], down[i], opt.kernel_down, pad=pad, activation=act),
     ]
     if not deepest:
-        deeper.append(nn.Sequential(*_skip_level(
-            i + 1, down[i], down, up, skips, kernel_down=kernel_down, kernel_up=kernel_up,
-            kernel_skip=kernel_skip, upsample_mode=upsample_mode, pad=pad, need1x1_up=need1x1_up)))
-    deeper.append(_upsample(upsample_mode))
+        deeper.append(nn.Sequential(*_skip_level(i + 1, down[i], down, up, skips, opt)))
+    deeper.append(Upsample2x(opt.upsample_mode))
     deeper_out = down[i] if deepest else up[i + 1]
 
     if skips[i]:
-        merged: nn.Module = Concat(nn.Sequential(*_conv_bn_act(in_ch, skips[i], kernel_skip, pad=pad)),
-                                   nn.Sequential(*deeper))
+        merged: nn.Module = Concat(
+            nn.Sequential(*_conv_bn_act(in_ch, skips[i], opt.kernel_skip, pad=pad, activation=act)),
+            nn.Sequential(*deeper))
     else:
         merged = nn.Sequential(*deeper)
     layers = [merged, _bn(skips[i] + deeper_out),
-              *_conv_bn_act(skips[i] + deeper_out, up[i], kernel_up, pad=pad)]
-    if need1x1_up:
-        layers += _conv_bn_act(up[i], up[i], 1, pad=pad)
+              *_conv_bn_act(skips[i] + deeper_out, up[i], opt.kernel_up, pad=pad, activation=act)]
+    if opt.need1x1_up:
+        layers += _conv_bn_act(up[i], up[i], 1, pad=pad, activation=act)
     return layers
 
 
@@ -257,7 +293,7 @@ class UNet(nn.Module):
             nn.Sequential(*_conv_bn_act(c_in, c_out, 3, stride=2, pad=pad),
                           *_conv_bn_act(c_out, c_out, 3, pad=pad))
             for c_in, c_out in zip(channels[:-1], channels[1:]))
-        self.upsample = _upsample(upsample_mode)
+        self.upsample = Upsample2x(upsample_mode)
         self.ups = nn.ModuleList(
             nn.Sequential(*_conv_bn_act(c_deep + c_skip, c_skip, 3, pad=pad),
                           *_conv_bn_act(c_skip, c_skip, 3, pad=pad))
@@ -338,3 +374,38 @@ def get_net(name: str, **kwargs: object) -> nn.Module:
 def count_parameters(net: nn.Module) -> int:
     """Number of scalar parameters in ``net`` (trainable or not; buffers excluded)."""
     return sum(p.numel() for p in net.parameters())
+
+
+# NetConfig fields passed to skip() as they are.
+_SKIP_OPTIONS = ("kernel_down", "kernel_up", "kernel_skip", "need1x1_up", "downsample_mode", "activation")
+# Options only the skip net has: a config that sets them for another net is
+# rejected rather than silently building something else.
+_SKIP_ONLY = ("channels_up", "channels_skip", *_SKIP_OPTIONS)
+
+
+def build_from_config(config: NetConfig, *, out_channels: int) -> nn.Module:
+    """Instantiate the network a :class:`~dip_engine.config.NetConfig` describes.
+
+    A ``"meshgrid"`` input has 2 channels whatever ``input_channels`` says.
+    ``skip`` takes every option; ``unet`` takes ``channels_down`` as its
+    widths, else ``min(channels, 16 * 2**i)`` for each of ``levels`` levels.
+
+    Raises:
+        ValueError: For an unknown net, or a skip-only option set on another
+            net, naming the option and its value.
+    """
+    in_channels = 2 if config.input == "meshgrid" else config.input_channels
+    down, up, skips = config.level_channels()
+    if config.name == "skip":
+        options = {name: getattr(config, name) for name in _SKIP_OPTIONS}
+        return get_net("skip", in_channels=in_channels, out_channels=out_channels, channels_down=down,
+                       channels_up=up, channels_skip=skips, upsample_mode=config.upsample_mode,
+                       pad=config.pad, **options)
+    defaults = {f.name: f.default for f in fields(NetConfig)}
+    for name in _SKIP_ONLY:
+        if getattr(config, name) != defaults[name]:
+            raise ValueError(f"NetConfig.{name}={getattr(config, name)!r} applies to the 'skip' net "
+                             f"only, not to {config.name!r}")
+    widths = config.channels_down or tuple(min(config.channels, 16 * 2**i) for i in range(config.levels))
+    return get_net(config.name, in_channels=in_channels, out_channels=out_channels, channels=widths,
+                   upsample_mode=config.upsample_mode, pad=config.pad)

@@ -1,4 +1,4 @@
-"""Forward operators ``y = A(x)``: the only thing that differs between the three problems.
+"""Forward operators ``y = A(x)``: the only thing in the loop that differs between the tasks.
 
 Each operator is a small ``nn.Module`` whose tensors are registered buffers, so
 ``.to(device)`` moves them. ``A_adjoint`` defaults to the exact adjoint of the
@@ -14,6 +14,8 @@ from typing import Literal
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+
+from .layers import pad
 
 DownsampleKernel = Literal["lanczos2", "bilinear"]
 
@@ -131,7 +133,7 @@ class Downsampling(Physics):
         if self.kernel_name == "bilinear":
             return F.interpolate(x, scale_factor=1 / self.factor, mode="bilinear", align_corners=False)
         channels = x.shape[1]
-        padded = F.pad(x, (self._pad,) * 4, mode="replicate")
+        padded = pad(x, (self._pad,) * 4, mode="replicate")
         weight = self.kernel.expand(channels, 1, -1, -1)
         return F.conv2d(padded, weight, stride=self.factor, groups=channels)
 
@@ -140,11 +142,31 @@ class Downsampling(Physics):
         return torch.Size([*lead, h * self.factor, w * self.factor])
 
 
-def bernoulli_mask(height: int, width: int, drop_fraction: float, *, generator: torch.Generator) -> Tensor:
-    """A random (H, W) boolean mask, True = known, dropping ``drop_fraction`` of pixels.
+class Blur(Physics):
+    """Convolution with a known kernel: ``A x = k * x`` per channel.
 
-    The same mask applies to every channel, as in the paper's 50%-missing-pixels experiment.
+    A true convolution (the kernel is flipped for ``conv2d``'s correlation),
+    with reflection padding so that ``y`` has the size of ``x``.
+
+    Args:
+        kernel: ``(h, w)`` non-negative weights; normalised by the caller (they
+            usually sum to 1). Any size up to the image's; even sizes put the
+            centre at ``((h - 1) // 2, (w - 1) // 2)``.
     """
-    if not 0.0 < drop_fraction < 1.0:
-        raise ValueError(f"drop_fraction must be in (0, 1), got {drop_fraction}")
-    return torch.rand((height, width), generator=generator) >= drop_fraction
+
+    kernel: Tensor
+
+    def __init__(self, kernel: Tensor) -> None:
+        super().__init__()
+        if kernel.dim() != 2:
+            raise ValueError(f"kernel must be (h, w), got shape {tuple(kernel.shape)}")
+        self.register_buffer("kernel", torch.flip(kernel.to(torch.float32), dims=(0, 1))[None, None])
+        kh, kw = kernel.shape
+        top, left = (kh - 1) // 2, (kw - 1) // 2
+        # Padding for the flipped kernel: the side before the centre gets what lies after it.
+        self._pad = (kw - 1 - left, left, kh - 1 - top, top)
+
+    def A(self, x: Tensor) -> Tensor:  # noqa: N802
+        channels = x.shape[1]
+        padded = pad(x, self._pad, mode="reflect") if any(self._pad) else x
+        return F.conv2d(padded, self.kernel.expand(channels, 1, -1, -1), groups=channels)

@@ -36,9 +36,33 @@ def _plot_finite(ax: Axes, xs: Sequence[int], ys: Sequence[float | None], *,
     ax.plot(px, py, marker="o" if len(points) == 1 else None, **style)
 
 
+def _has_variance(records: Sequence[LogRecord]) -> bool:
+    return any(r.variance is not None and math.isfinite(r.variance) and r.variance > 0 for r in records)
+
+
+def _draw_variance(ax: Axes, records: Sequence[LogRecord], *, early_stop_iteration: int | None) -> None:
+    """The ES-WMV variance, on a panel of its own: early stopping fires after its minimum."""
+    its = [r.iteration for r in records]
+    _plot_finite(ax, its, [r.variance for r in records], positive=True, color="tab:brown", linewidth=1.0,
+                 label="ES-WMV output variance")
+    ax.set_yscale("log")
+    if early_stop_iteration is not None:
+        ax.axvline(early_stop_iteration, color="tab:purple", linestyle="--", linewidth=1.0,
+                   label="variance minimum (early-stop iterate)")
+    ax.set_xlabel("iteration")
+    ax.set_ylabel("variance")
+    ax.legend(loc="best", fontsize="small")
+    ax.grid(True, which="major", alpha=0.3)
+
+
 def _draw(fig: Figure, records: Sequence[LogRecord], *, title: str,
           best_iteration: int | None, early_stop_iteration: int | None) -> None:
-    loss_ax = fig.add_subplot()
+    with_variance = _has_variance(records)
+    if with_variance:
+        loss_ax, variance_ax = fig.subplots(2, 1, sharex=True, height_ratios=(3, 1))
+        _draw_variance(variance_ax, records, early_stop_iteration=early_stop_iteration)
+    else:
+        loss_ax = fig.add_subplot()
     psnr_ax = loss_ax.twinx()
     its = [r.iteration for r in records]
 
@@ -63,7 +87,8 @@ def _draw(fig: Figure, records: Sequence[LogRecord], *, title: str,
         loss_ax.axvline(early_stop_iteration, color="tab:purple", linestyle="--", linewidth=1.0,
                         label=f"early stop (iteration {early_stop_iteration})")
 
-    loss_ax.set_xlabel("iteration")
+    if not with_variance:
+        loss_ax.set_xlabel("iteration")
     loss_ax.set_ylabel("loss")
     psnr_ax.set_ylabel("PSNR (dB)")
     if title:
@@ -84,7 +109,8 @@ def plot_curves(
     best_iteration: int | None = None,
     early_stop_iteration: int | None = None,
 ) -> Path:
-    """Draw loss (log scale, left axis) and PSNR (right axis) against iteration.
+    """Draw loss (log scale, left axis) and PSNR (right axis) against iteration, and the
+    ES-WMV variance on a panel below when the run recorded it.
 
     PSNR curves are ``psnr`` and ``psnr_avg`` when the run had a reference,
     else ``psnr_degraded``. Missing and non-finite values are skipped, so any
@@ -102,7 +128,8 @@ def plot_curves(
         ``path`` as a :class:`~pathlib.Path`.
     """
     path = Path(path)
-    fig = Figure(figsize=_FIGSIZE_IN, dpi=_DPI, layout="constrained")
+    height = _FIGSIZE_IN[1] * (1.4 if _has_variance(records) else 1.0)
+    fig = Figure(figsize=(_FIGSIZE_IN[0], height), dpi=_DPI, layout="constrained")
     FigureCanvasAgg(fig)
     _draw(fig, records, title=title, best_iteration=best_iteration,
           early_stop_iteration=early_stop_iteration)

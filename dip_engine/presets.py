@@ -1,61 +1,52 @@
-"""Preset hyperparameters per task, and how a request's overrides apply (torch-free).
+"""The building blocks of the presets, and how a request's overrides apply (torch-free).
 
-``paper`` follows the reference notebooks of Ulyanov et al. (CVPR 2018);
-``fast`` is sized for a 2-core CPU: a narrower net, fewer iterations, and
-ES-WMV early stopping with a patience scaled to the shorter run.
+Three presets, each a function per task in :data:`dip_engine.problems.PROBLEMS`:
+
+- ``fast`` (the default): sized for a 2-core CPU: a narrower net, early
+  stopping on the averaged output, our loop improvements.
+- ``quality``: the paper's full-width networks and iteration counts with our
+  loop improvements (bias-corrected averaging, rollback backtracking,
+  ES-WMV early stopping, best-iterate tracking).
+- ``paper``: the published protocol exactly, as the authors' notebooks run
+  it: fixed iterations, no early stopping, the raw output ``net(z)`` at the
+  end, the notebooks' averaging (seeded with the first output) and
+  backtracking rule (denoising and JPEG only).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import replace
 
-from .config import EarlyStopConfig, FitConfig, NetConfig
+from .config import EarlyStopConfig, FitConfig, NetConfig, RunConfig
 from .spec import PresetName, RestoreSpec, TaskName
 
+__all__ = [
+    "FAST_NET", "FAST_STOP", "HOLES_NET", "HOURGLASS", "PAPER_STOP", "SNAIL_NET", "RunConfig",
+    "apply_overrides", "default_iterations", "paper_fit", "preset_config", "resolve",
+]
 
-@dataclass(frozen=True)
-class RunConfig:
-    """Everything a run needs beyond its inputs."""
-
-    net: NetConfig
-    fit: FitConfig
-    downsample_kernel: str = "lanczos2"
-
-
-_HOURGLASS = NetConfig(name="skip", channels=128, levels=5, skip_channels=4, upsample_mode="bilinear")
-_HOLES = replace(_HOURGLASS, skip_channels=128, upsample_mode="nearest")
-_FAST = NetConfig(name="skip", channels=64, levels=5, skip_channels=4, upsample_mode="bilinear")
-_PAPER_STOP = EarlyStopConfig(window=100, patience=1000)
-_FAST_STOP = EarlyStopConfig(window=100, patience=200, signal="ema", min_delta=0.2)
-
-
-def _paper(task: TaskName, *, scale: int, scattered: bool) -> RunConfig:
-    if task == "denoise":
-        return RunConfig(_HOURGLASS, FitConfig(iterations=3000, reg_noise_std=1 / 30, early_stop=_PAPER_STOP))
-    if task == "superres":
-        iterations, noise = (4000, 0.05) if scale >= 8 else (2000, 0.03)
-        return RunConfig(_HOURGLASS, FitConfig(iterations=iterations, reg_noise_std=noise, early_stop=_PAPER_STOP))
-    if scattered:
-        # The paper ran 11000 iterations at lr 0.001 for 50% missing pixels; at lr 0.01 the
-        # fit peaks within ~2000 iterations on our crops (docs/benchmarks.md), so the default
-        # is 4000 at 0.01. The paper's exact run: --set fit.iterations=11000 --set fit.lr=0.001.
-        return RunConfig(_HOURGLASS, FitConfig(iterations=4000, lr=0.01, reg_noise_std=0.03, early_stop=_PAPER_STOP))
-    return RunConfig(_HOLES, FitConfig(iterations=6000, reg_noise_std=0.03, early_stop=_PAPER_STOP))
+# The paper's hourglass: 5 levels of 128 channels, skips of 4 (denoising, super-resolution,
+# 50%-pixel inpainting).
+HOURGLASS = NetConfig(name="skip", channels=128, levels=5, skip_channels=4, upsample_mode="bilinear")
+# Text and hole inpainting (kate.png): skips of 128 and nearest upsampling.
+HOLES_NET = replace(HOURGLASS, skip_channels=128, upsample_mode="nearest")
+# JPEG artefact removal (snail.jpg): a narrow pyramid on a 3-channel code, skips only at depth.
+SNAIL_NET = NetConfig(name="skip", input_channels=3, upsample_mode="bilinear",
+                      channels_down=(8, 16, 32, 64, 128), channels_up=(8, 16, 32, 64, 128),
+                      channels_skip=(0, 0, 0, 4, 4))
+FAST_NET = NetConfig(name="skip", channels=64, levels=5, skip_channels=4, upsample_mode="bilinear")
+PAPER_STOP = EarlyStopConfig(window=100, patience=1000)
+FAST_STOP = EarlyStopConfig(window=100, patience=200, signal="ema", min_delta=0.2)
 
 
-def _fast(task: TaskName, *, scale: int, scattered: bool) -> RunConfig:
-    if task == "denoise":
-        # A longer average (0.995) measured +0.09 dB at the early-stop iterate on 96 px crops (docs/benchmarks.md).
-        return RunConfig(_FAST, FitConfig(iterations=2400, reg_noise_std=1 / 30, ema=0.995, log_every=25, early_stop=_FAST_STOP))
-    if task == "superres":
-        return RunConfig(_FAST, FitConfig(iterations=3000, reg_noise_std=0.03, log_every=25, early_stop=_FAST_STOP))
-    if scattered:
-        return RunConfig(_FAST, FitConfig(iterations=3000, reg_noise_std=0.03, log_every=25, early_stop=_FAST_STOP))
-    holes = replace(_FAST, skip_channels=64, upsample_mode="nearest")
-    return RunConfig(holes, FitConfig(iterations=3000, reg_noise_std=0.03, log_every=25, early_stop=_FAST_STOP))
-
-
-_PRESETS = {"paper": _paper, "fast": _fast}
+def paper_fit(*, iterations: int, reg_noise_std: float, lr: float = 0.01, averaged: bool = False,
+              backtracking: bool = False) -> FitConfig:
+    """A notebook's loop: fixed iterations, the raw output, and optionally its averaging
+    (``exp_weight`` 0.99, seeded with the first output) and backtracking (5 dB)."""
+    return FitConfig(iterations=iterations, lr=lr, reg_noise_std=reg_noise_std,
+                     ema=0.99 if averaged else 0.0, ema_start="first",
+                     backtrack_db=5.0 if backtracking else None, backtrack_rule="reference",
+                     early_stop=None, output="raw", log_every=100)
 
 
 def preset_config(preset: PresetName, task: TaskName, *, scale: int = 4, scattered: bool = False) -> RunConfig:
@@ -63,10 +54,16 @@ def preset_config(preset: PresetName, task: TaskName, *, scale: int = 4, scatter
 
     ``scattered`` selects the random-missing-pixels variant of inpainting
     (as opposed to text or hole masks).
+
+    Raises:
+        ValueError: an unknown preset or task.
     """
-    if preset not in _PRESETS:
-        raise ValueError(f"preset must be one of {sorted(_PRESETS)}, got {preset!r}")
-    return _PRESETS[preset](task, scale=scale, scattered=scattered)
+    from .problems import get_problem
+
+    problem = get_problem(task)
+    if preset not in problem.presets:
+        raise ValueError(f"preset must be one of {sorted(problem.presets)}, got {preset!r}")
+    return problem.presets[preset](RestoreSpec(task=task, scale=scale, preset=preset), scattered)
 
 
 def resolve(spec: RestoreSpec, *, scattered: bool = False) -> RunConfig:
@@ -84,6 +81,8 @@ def resolve(spec: RestoreSpec, *, scattered: bool = False) -> RunConfig:
         changes["snapshot_every"] = spec.snapshot_every
     if spec.early_stop == "off":
         changes["early_stop"] = None
+    elif spec.early_stop == "auto" and fit.early_stop is None:
+        changes["early_stop"] = PAPER_STOP
     return replace(run, fit=replace(fit, **changes))
 
 
@@ -96,7 +95,8 @@ def default_iterations(spec: RestoreSpec) -> int:
 
 def apply_overrides(run: RunConfig, overrides: dict[str, object]) -> RunConfig:
     """Set any field by a dotted path, e.g. ``{"fit.lr": 0.005, "net.channels": 96,
-    "fit.early_stop.patience": 300}``; strings are converted to the field's type.
+    "fit.early_stop.patience": 300, "net.channels_down": "16,32,64"}``; strings are
+    converted to the field's type (comma-separated for per-level tuples).
 
     Raises:
         ValueError: an unknown path or a value of the wrong type.
@@ -117,23 +117,28 @@ def _override(obj: object, keys: list[str], value: object, path: str) -> object:
         if current is None:
             raise ValueError(f"cannot set {path!r}: {key} is off (None) in this preset")
         return replace(obj, **{key: _override(current, rest, value, path)})
-    return replace(obj, **{key: _coerce(current, value, path)})
+    return replace(obj, **{key: _coerce(current, value, path, fields[key].type)})
 
 
-def _coerce(current: object, value: object, path: str) -> object:
+def _coerce(current: object, value: object, path: str, annotation: object = None) -> object:
     if not isinstance(value, str):
-        return value
+        return tuple(value) if isinstance(value, list) else value
     if value.lower() in ("none", "off") and not isinstance(current, str):
         return None
     try:
+        if isinstance(current, tuple) or "tuple" in str(annotation):
+            return tuple(int(part) for part in value.replace(" ", "").strip("()[]").split(",") if part)
         if isinstance(current, bool):
             if value.lower() not in ("true", "false", "1", "0"):
                 raise ValueError(value)
             return value.lower() in ("true", "1")
         if isinstance(current, int):
             return int(value)
+        if current is None and "int" in str(annotation) and "float" not in str(annotation):
+            return int(value)
         if isinstance(current, float) or current is None:
             return float(value)
     except ValueError:
-        raise ValueError(f"{path} needs a {type(current).__name__}, got {value!r}") from None
+        kind = "comma-separated list of ints" if "tuple" in str(annotation) else type(current).__name__
+        raise ValueError(f"{path} needs a {kind}, got {value!r}") from None
     return value

@@ -1,39 +1,39 @@
-"""Task name -> forward operator, and how a task's measurement is built from its inputs.
+"""Task name -> everything that differs between tasks (torch-free to import).
 
-The three tasks differ here and nowhere else: ``OPERATORS`` maps a name to an
-operator factory and ``build_measurement`` turns the uploaded files into the
-measurement ``y`` (plus a reference when the measurement is synthesised from a
-clean image).
+``PROBLEMS`` holds one :class:`Problem` per task: its forward operator, how
+its measurement is built from the uploaded files, the request fields and
+extra uploads only it accepts, its own checks, its output file name, and its
+presets. Adding a task is one entry here, its name in ``spec.TaskName`` and
+one line in the tests' operator list; the API, the CLI and the worker read
+the table. The operators import torch only when built, so the API can
+validate requests with this module.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, replace
 from pathlib import Path
+from types import MappingProxyType
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
 
+from . import degradations
+from .config import FitConfig, RunConfig
 from .errors import InputError
-from .io import LoadedImage, load_image, load_mask, resize_image
-from .physics import Denoising, Downsampling, Inpainting, Physics, bernoulli_mask
+from .io import LoadedImage, load_image, load_kernel, load_mask, resize_image
+from .presets import FAST_NET, FAST_STOP, HOLES_NET, HOURGLASS, PAPER_STOP, SNAIL_NET, paper_fit
+from .seeding import numpy_rng
 from .spec import RestoreSpec, TaskName
 
-OperatorFactory = Callable[..., Physics]
+if TYPE_CHECKING:
+    import torch
 
-OPERATORS: dict[str, OperatorFactory] = {
-    "denoise": lambda **_: Denoising(),
-    "superres": lambda *, scale, kernel="lanczos2", **_: Downsampling(scale, kernel=kernel),
-    "inpaint": lambda *, mask, **_: Inpainting(mask),
-}
+    from .physics import Physics
 
-
-def make_physics(task: TaskName, *, scale: int = 4, kernel: str = "lanczos2", mask: torch.Tensor | None = None) -> Physics:
-    """Build the forward operator of ``task``."""
-    if task not in OPERATORS:
-        raise ValueError(f"task must be one of {sorted(OPERATORS)}, got {task!r}")
-    return OPERATORS[task](scale=scale, kernel=kernel, mask=mask)
+__all__ = ["Measurement", "OperatorData", "PROBLEMS", "Problem", "TaskFiles", "build_measurement",
+           "get_problem", "make_physics"]
 
 
 @dataclass
@@ -44,17 +44,23 @@ class Measurement:
         y: what the network must explain through ``A``.
         output_size: (height, width) of the restoration.
         mask: (H, W) bool, True = known (inpainting only).
+        kernel: (h, w) float32 blur kernel summing to 1 (deblurring only).
         reference: clean image at output size, when known.
         alpha: alpha channel at output size, passed through untouched.
-        degraded: the degraded input as a user would look at it (for input.png).
+        degraded: the degraded input as a user would look at it (for degraded.png).
+        baseline: the classical answer at output size that the result is compared
+            with (``psnr_input``): the degraded input itself, or its bicubic
+            upsampling for super-resolution.
     """
 
     y: np.ndarray
     output_size: tuple[int, int]
     mask: np.ndarray | None = None
+    kernel: np.ndarray | None = None
     reference: np.ndarray | None = None
     alpha: np.ndarray | None = None
     degraded: np.ndarray | None = None
+    baseline: np.ndarray | None = None
 
     @property
     def channels(self) -> int:
@@ -73,6 +79,326 @@ class Measurement:
         return float(neighbour_known[holes].mean()) >= 0.8
 
 
+@dataclass(frozen=True)
+class TaskFiles:
+    """The optional uploads besides the image."""
+
+    mask: Path | None = None
+    kernel: Path | None = None
+
+    def present(self) -> frozenset[str]:
+        return frozenset(name for name in ("mask", "kernel") if getattr(self, name) is not None)
+
+
+@dataclass(frozen=True)
+class OperatorData:
+    """What an operator is built from, already padded like ``y`` and as tensors."""
+
+    downsample_kernel: str = "lanczos2"
+    mask: torch.Tensor | None = None
+    kernel: torch.Tensor | None = None
+
+
+PresetFn = Callable[[RestoreSpec, bool], RunConfig]
+"""(request, scattered mask) -> configuration."""
+
+
+def _no_check(spec: RestoreSpec, uploads: frozenset[str]) -> None:
+    pass
+
+
+def _same_size(spec: RestoreSpec, width: int, height: int) -> tuple[int, int]:
+    return width, height
+
+
+@dataclass(frozen=True)
+class Problem:
+    """One restoration task.
+
+    Attributes:
+        name: the task name.
+        description: one line for help texts.
+        output: the result's file name; ``{scale}`` is filled in.
+        operator: builds the forward operator ``A`` (imports torch).
+        measure: builds the measurement from the decoded image and the uploads.
+        presets: preset name -> configuration.
+        fields: request fields that only this task accepts.
+        uploads: extra files it accepts besides the image (``mask``, ``kernel``).
+        check: refuses inconsistent requests, given the names of the uploads.
+        output_size: (width, height) of the result for an input of that size.
+    """
+
+    name: TaskName
+    description: str
+    output: str
+    operator: Callable[[RestoreSpec, OperatorData], Physics]
+    measure: Callable[[RestoreSpec, LoadedImage, TaskFiles], Measurement]
+    presets: Mapping[str, PresetFn]
+    fields: frozenset[str] = frozenset()
+    uploads: frozenset[str] = frozenset()
+    check: Callable[[RestoreSpec, frozenset[str]], None] = _no_check
+    output_size: Callable[[RestoreSpec, int, int], tuple[int, int]] = _same_size
+
+    def result_name(self, spec: RestoreSpec) -> str:
+        return self.output.format(scale=spec.scale)
+
+    def curves_name(self, spec: RestoreSpec) -> str:
+        return self.result_name(spec).replace(".png", "_curves.png")
+
+
+# -- denoising --------------------------------------------------------------------------
+
+
+def _denoise_operator(spec: RestoreSpec, data: OperatorData) -> Physics:
+    from .physics import Denoising
+
+    return Denoising()
+
+
+def _denoise_measure(spec: RestoreSpec, loaded: LoadedImage, files: TaskFiles) -> Measurement:
+    pixels = loaded.pixels
+    y, reference = pixels, None
+    if spec.add_noise_sigma:
+        y, reference = degradations.add_gaussian_noise(pixels, spec.add_noise_sigma, rng=numpy_rng(spec.seed, "noise")), pixels
+    return Measurement(y=y, output_size=pixels.shape[:2], reference=reference, alpha=loaded.alpha, degraded=y, baseline=y)
+
+
+_DENOISE_PRESETS: Mapping[str, PresetFn] = {
+    # A longer average (0.995) measured +0.09 dB at the early-stop iterate on 96 px crops (docs/benchmarks.md).
+    "fast": lambda spec, _: RunConfig(FAST_NET, FitConfig(iterations=2400, reg_noise_std=1 / 30, ema=0.995,
+                                                          log_every=25, early_stop=FAST_STOP)),
+    "quality": lambda spec, _: RunConfig(HOURGLASS, FitConfig(iterations=3000, reg_noise_std=1 / 30, early_stop=PAPER_STOP)),
+    "paper": lambda spec, _: RunConfig(HOURGLASS, paper_fit(iterations=3000, reg_noise_std=1 / 30,
+                                                            averaged=True, backtracking=True)),
+}
+
+
+# -- super-resolution -----------------------------------------------------------------
+
+
+def _superres_operator(spec: RestoreSpec, data: OperatorData) -> Physics:
+    from .physics import Downsampling
+
+    return Downsampling(spec.scale, kernel=data.downsample_kernel)  # type: ignore[arg-type]
+
+
+def _superres_size(spec: RestoreSpec, width: int, height: int) -> tuple[int, int]:
+    return (width, height) if spec.from_hr else (width * spec.scale, height * spec.scale)
+
+
+def _superres_measure(spec: RestoreSpec, loaded: LoadedImage, files: TaskFiles) -> Measurement:
+    pixels = loaded.pixels
+    height, width = pixels.shape[:2]
+    if spec.from_hr:
+        if height % spec.scale or width % spec.scale:
+            raise InputError("invalid_parameter", f"from_hr needs a size divisible by {spec.scale}, got {width}x{height}")
+        # The paper's protocol: the low-resolution input is a Lanczos resize of the HR image.
+        y = np.clip(resize_image(pixels, size=(width // spec.scale, height // spec.scale), method="lanczos"), 0, 1)
+        return Measurement(y=y, output_size=(height, width), reference=pixels, alpha=loaded.alpha, degraded=y,
+                           baseline=resize_image(y, size=(width, height), method="bicubic"))
+    size = (height * spec.scale, width * spec.scale)
+    alpha = None
+    if loaded.alpha is not None:
+        alpha = np.clip(resize_image(loaded.alpha[..., None], size=(size[1], size[0]), method="bicubic")[..., 0], 0, 1)
+    return Measurement(y=pixels, output_size=size, alpha=alpha, degraded=pixels,
+                       baseline=resize_image(pixels, size=(size[1], size[0]), method="bicubic"))
+
+
+def _superres_paper(spec: RestoreSpec, _: bool) -> RunConfig:
+    iterations, noise = (4000, 0.05) if spec.scale >= 8 else (2000, 0.03)
+    return RunConfig(HOURGLASS, paper_fit(iterations=iterations, reg_noise_std=noise))
+
+
+def _superres_quality(spec: RestoreSpec, _: bool) -> RunConfig:
+    iterations, noise = (4000, 0.05) if spec.scale >= 8 else (2000, 0.03)
+    return RunConfig(HOURGLASS, FitConfig(iterations=iterations, reg_noise_std=noise, early_stop=PAPER_STOP))
+
+
+_SUPERRES_PRESETS: Mapping[str, PresetFn] = {
+    "fast": lambda spec, _: RunConfig(FAST_NET, FitConfig(iterations=3000, reg_noise_std=0.03, log_every=25,
+                                                          early_stop=FAST_STOP)),
+    "quality": _superres_quality,
+    "paper": _superres_paper,
+}
+
+
+# -- inpainting ---------------------------------------------------------------------------
+
+
+def _inpaint_operator(spec: RestoreSpec, data: OperatorData) -> Physics:
+    from .physics import Inpainting
+
+    if data.mask is None:
+        raise ValueError("inpainting needs a mask")
+    return Inpainting(data.mask)
+
+
+def _inpaint_check(spec: RestoreSpec, uploads: frozenset[str]) -> None:
+    if "mask" in uploads and spec.drop_fraction is not None:
+        raise InputError("invalid_parameter",
+                         f"give a mask or a drop_fraction, not both (drop_fraction={spec.drop_fraction!r})")
+    if "mask" not in uploads and spec.drop_fraction is None:
+        raise InputError("mask_required", "inpaint needs a mask or a drop_fraction")
+
+
+def _inpaint_measure(spec: RestoreSpec, loaded: LoadedImage, files: TaskFiles) -> Measurement:
+    pixels = loaded.pixels
+    height, width = pixels.shape[:2]
+    reference = None
+    if files.mask is not None:
+        known = load_mask(files.mask, size=(width, height))
+    else:
+        known = degradations.bernoulli_mask(height, width, spec.drop_fraction, rng=numpy_rng(spec.seed, "mask"))  # type: ignore[arg-type]
+        reference = pixels
+    y = (pixels * known[..., None]).astype(np.float32)
+    return Measurement(y=y, output_size=(height, width), mask=known, reference=reference, alpha=loaded.alpha,
+                       degraded=y, baseline=y)
+
+
+def _inpaint_fast(spec: RestoreSpec, scattered: bool) -> RunConfig:
+    fit = FitConfig(iterations=3000, reg_noise_std=0.03, log_every=25, early_stop=FAST_STOP)
+    return RunConfig(FAST_NET if scattered else replace(FAST_NET, skip_channels=64, upsample_mode="nearest"), fit)
+
+
+def _inpaint_quality(spec: RestoreSpec, scattered: bool) -> RunConfig:
+    if scattered:
+        # The paper ran 11000 iterations at lr 0.001 for 50% missing pixels (the paper preset);
+        # at lr 0.01 the fit peaks within ~2000 iterations on our crops (docs/benchmarks.md).
+        return RunConfig(HOURGLASS, FitConfig(iterations=4000, lr=0.01, reg_noise_std=0.03, early_stop=PAPER_STOP))
+    return RunConfig(HOLES_NET, FitConfig(iterations=6000, reg_noise_std=0.03, early_stop=PAPER_STOP))
+
+
+def _inpaint_paper(spec: RestoreSpec, scattered: bool) -> RunConfig:
+    if scattered:  # restoration.ipynb, barbara: 50% of pixels missing
+        return RunConfig(HOURGLASS, paper_fit(iterations=11000, lr=0.001, reg_noise_std=0.03))
+    # inpainting.ipynb, kate.png: text over the image
+    return RunConfig(HOLES_NET, paper_fit(iterations=6001, reg_noise_std=0.03))
+
+
+_INPAINT_PRESETS: Mapping[str, PresetFn] = {"fast": _inpaint_fast, "quality": _inpaint_quality, "paper": _inpaint_paper}
+
+
+# -- JPEG artefact removal -----------------------------------------------------------------
+
+
+def _dejpeg_measure(spec: RestoreSpec, loaded: LoadedImage, files: TaskFiles) -> Measurement:
+    pixels = loaded.pixels
+    y, reference = pixels, None
+    if spec.jpeg_quality is not None:
+        y, reference = degradations.jpeg_roundtrip(pixels, spec.jpeg_quality), pixels
+    return Measurement(y=y, output_size=pixels.shape[:2], reference=reference, alpha=loaded.alpha, degraded=y, baseline=y)
+
+
+_DEJPEG_PRESETS: Mapping[str, PresetFn] = {
+    "fast": lambda spec, _: RunConfig(SNAIL_NET, FitConfig(iterations=2400, reg_noise_std=1 / 30, ema=0.995,
+                                                           log_every=25, early_stop=FAST_STOP)),
+    "quality": lambda spec, _: RunConfig(SNAIL_NET, FitConfig(iterations=2400, reg_noise_std=1 / 30, early_stop=PAPER_STOP)),
+    # denoising.ipynb with snail.jpg: the same loop as denoising, on the snail net, 2400 iterations.
+    "paper": lambda spec, _: RunConfig(SNAIL_NET, paper_fit(iterations=2400, reg_noise_std=1 / 30,
+                                                            averaged=True, backtracking=True)),
+}
+
+
+# -- deblurring ----------------------------------------------------------------------------------
+
+
+def _deblur_operator(spec: RestoreSpec, data: OperatorData) -> Physics:
+    from .physics import Blur
+
+    if data.kernel is None:
+        raise ValueError("deblurring needs a kernel")
+    return Blur(data.kernel)
+
+
+def _deblur_check(spec: RestoreSpec, uploads: frozenset[str]) -> None:
+    if ("kernel" in uploads) == (spec.blur_sigma is not None):
+        raise InputError("kernel_required" if "kernel" not in uploads else "invalid_parameter",
+                         "deblur needs exactly one of a kernel image or blur_sigma"
+                         + (f" (got both; blur_sigma={spec.blur_sigma!r})" if "kernel" in uploads else ""))
+    if spec.add_noise_sigma is not None and not spec.from_sharp:
+        raise InputError("invalid_parameter", "add_noise_sigma for deblur needs from_sharp (it is added after the blur)")
+
+
+def _deblur_measure(spec: RestoreSpec, loaded: LoadedImage, files: TaskFiles) -> Measurement:
+    pixels = loaded.pixels
+    height, width = pixels.shape[:2]
+    if files.kernel is not None:
+        kernel = load_kernel(files.kernel, max_size=(width, height))
+    else:
+        kernel = degradations.gaussian_kernel(spec.blur_sigma)  # type: ignore[arg-type]
+        if kernel.shape[0] > min(height, width):
+            raise InputError("kernel_too_large", f"blur_sigma={spec.blur_sigma} needs a {kernel.shape[0]} px kernel, "
+                             f"larger than the {width}x{height} px image")
+    y, reference = pixels, None
+    if spec.from_sharp:
+        y, reference = degradations.convolve(pixels, kernel), pixels
+        if spec.add_noise_sigma:
+            y = degradations.add_gaussian_noise(y, spec.add_noise_sigma, rng=numpy_rng(spec.seed, "noise"))
+    return Measurement(y=y, output_size=(height, width), kernel=kernel, reference=reference, alpha=loaded.alpha,
+                       degraded=y, baseline=y)
+
+
+_DEBLUR_PRESETS: Mapping[str, PresetFn] = {
+    "fast": lambda spec, _: RunConfig(FAST_NET, FitConfig(iterations=3000, reg_noise_std=1 / 30, log_every=25,
+                                                          early_stop=FAST_STOP)),
+    "quality": lambda spec, _: RunConfig(HOURGLASS, FitConfig(iterations=3000, reg_noise_std=1 / 30, early_stop=PAPER_STOP)),
+    # Not in the paper: its denoising protocol, with the blur in the loss.
+    "paper": lambda spec, _: RunConfig(HOURGLASS, paper_fit(iterations=3000, reg_noise_std=1 / 30,
+                                                            averaged=True, backtracking=True)),
+}
+
+
+# -- the table --------------------------------------------------------------------------------
+
+PROBLEMS: Mapping[str, Problem] = MappingProxyType({
+    "denoise": Problem(
+        name="denoise", description="remove Gaussian-like noise", output="dip_denoised.png",
+        operator=_denoise_operator, measure=_denoise_measure, presets=_DENOISE_PRESETS,
+        fields=frozenset({"add_noise_sigma"})),
+    "superres": Problem(
+        name="superres", description="upscale by 2, 4 or 8", output="dip_superres_x{scale}.png",
+        operator=_superres_operator, measure=_superres_measure, presets=_SUPERRES_PRESETS,
+        fields=frozenset({"scale", "from_hr"}), output_size=_superres_size),
+    "inpaint": Problem(
+        name="inpaint", description="fill the pixels a mask marks as missing", output="dip_inpainted.png",
+        operator=_inpaint_operator, measure=_inpaint_measure, presets=_INPAINT_PRESETS,
+        fields=frozenset({"drop_fraction"}), uploads=frozenset({"mask"}), check=_inpaint_check),
+    "dejpeg": Problem(
+        name="dejpeg", description="remove JPEG compression artefacts", output="dip_dejpeg.png",
+        operator=_denoise_operator, measure=_dejpeg_measure, presets=_DEJPEG_PRESETS,
+        fields=frozenset({"jpeg_quality"})),
+    "deblur": Problem(
+        name="deblur", description="undo a known blur (Gaussian sigma or a kernel image)", output="dip_deblurred.png",
+        operator=_deblur_operator, measure=_deblur_measure, presets=_DEBLUR_PRESETS,
+        fields=frozenset({"blur_sigma", "from_sharp", "add_noise_sigma"}), uploads=frozenset({"kernel"}),
+        check=_deblur_check),
+})
+
+TASK_FIELDS: frozenset[str] = frozenset().union(*(p.fields for p in PROBLEMS.values()))
+"""Request fields that belong to some tasks only."""
+UPLOADS: frozenset[str] = frozenset().union(*(p.uploads for p in PROBLEMS.values()))
+"""Extra uploads that some tasks accept."""
+
+
+def get_problem(task: str) -> Problem:
+    """The table entry of ``task``.
+
+    Raises:
+        InputError: ``invalid_parameter`` for an unknown task (a ``ValueError``).
+    """
+    try:
+        return PROBLEMS[task]
+    except (KeyError, TypeError):
+        raise InputError("invalid_parameter", f"task must be one of {', '.join(PROBLEMS)}, got {task!r}") from None
+
+
+def make_physics(task: str, *, scale: int = 4, kernel: str = "lanczos2", mask: torch.Tensor | None = None,
+                 blur: torch.Tensor | None = None) -> Physics:
+    """Build the forward operator of ``task``."""
+    return get_problem(task).operator(RestoreSpec(task=task, scale=scale),  # type: ignore[arg-type]
+                                      OperatorData(downsample_kernel=kernel, mask=mask, kernel=blur))
+
+
 def _match_channels(image: np.ndarray, channels: int) -> np.ndarray:
     if image.shape[-1] == channels:
         return image
@@ -81,11 +407,9 @@ def _match_channels(image: np.ndarray, channels: int) -> np.ndarray:
     return np.repeat(image, channels, axis=-1)
 
 
-def _reference(path: Path | None, size: tuple[int, int], channels: int, max_pixels: int | None) -> np.ndarray | None:
-    if path is None:
-        return None
+def _reference(path: Path, size: tuple[int, int], channels: int, max_pixels: int | None) -> np.ndarray:
     ref = load_image(path, max_pixels=max_pixels)
-    if ref.pixels.shape[:2] != size:
+    if ref.pixels.shape[:2] != tuple(size):
         raise InputError(
             "reference_size_mismatch",
             f"reference is {ref.pixels.shape[1]}x{ref.pixels.shape[0]} px but the output is {size[1]}x{size[0]} px",
@@ -98,56 +422,27 @@ def build_measurement(
     image: Path,
     *,
     mask: Path | None = None,
+    kernel: Path | None = None,
     reference: Path | None = None,
     max_pixels: int | None = None,
 ) -> Measurement:
     """Load the inputs of ``spec`` and build its measurement.
 
-    Synthetic degradations (noise, downsampling, dropped pixels) are seeded by
-    ``spec.seed`` and make the clean input the reference.
+    Synthetic degradations (noise, downsampling, dropped pixels, blur, JPEG)
+    are seeded by streams of ``spec.seed`` of their own (:mod:`dip_engine.seeding`)
+    and make the clean input the reference.
     """
-    loaded: LoadedImage = load_image(image, max_pixels=max_pixels)
-    pixels = loaded.pixels
-    height, width, channels = pixels.shape
-    generator = torch.Generator().manual_seed(spec.seed)
-
-    if spec.task == "denoise":
-        if mask is not None:
-            raise InputError("mask_not_allowed", "a mask is only used for inpainting, not for denoise")
-        y, ref = pixels, _reference(reference, (height, width), channels, max_pixels)
-        if spec.add_noise_sigma:
-            noise = torch.randn(pixels.shape, generator=generator).numpy() * (spec.add_noise_sigma / 255.0)
-            y, ref = np.clip(pixels + noise, 0.0, 1.0).astype(np.float32), pixels
-        return Measurement(y=y, output_size=(height, width), reference=ref, alpha=loaded.alpha, degraded=y)
-
-    if spec.task == "superres":
-        if mask is not None:
-            raise InputError("mask_not_allowed", "a mask is only used for inpainting, not for superres")
-        if spec.from_hr:
-            if height % spec.scale or width % spec.scale:
-                raise InputError("invalid_parameter", f"from_hr needs a size divisible by {spec.scale}, got {width}x{height}")
-            # The paper's protocol: the low-resolution input is a Lanczos resize of the HR image.
-            y = resize_image(pixels, size=(width // spec.scale, height // spec.scale), method="lanczos")
-            return Measurement(y=np.clip(y, 0, 1), output_size=(height, width), reference=pixels, alpha=loaded.alpha, degraded=y)
-        size = (height * spec.scale, width * spec.scale)
-        alpha = None
-        if loaded.alpha is not None:
-            alpha = np.clip(resize_image(loaded.alpha[..., None], size=(size[1], size[0]), method="bicubic")[..., 0], 0, 1)
-        ref = _reference(reference, size, channels, max_pixels)
-        return Measurement(y=pixels, output_size=size, reference=ref, alpha=alpha, degraded=pixels)
-
-    if spec.task == "inpaint":
-        if mask is not None and spec.drop_fraction is not None:
-            raise InputError("invalid_parameter", "give either a mask file or drop_fraction, not both")
-        if mask is not None:
-            known = load_mask(mask, size=(width, height))
-            ref = _reference(reference, (height, width), channels, max_pixels)
-        elif spec.drop_fraction is not None:
-            known = bernoulli_mask(height, width, spec.drop_fraction, generator=generator).numpy()
-            ref = pixels
-        else:
-            raise InputError("mask_required", "inpainting needs a mask file or a drop_fraction")
-        y = (pixels * known[..., None]).astype(np.float32)
-        return Measurement(y=y, output_size=(height, width), mask=known, reference=ref, alpha=loaded.alpha, degraded=y)
-
-    raise InputError("invalid_parameter", f"task must be one of {sorted(OPERATORS)}, got {spec.task!r}")
+    problem = get_problem(spec.task)
+    files = TaskFiles(mask=mask, kernel=kernel)
+    for name in sorted(files.present() - problem.uploads):
+        raise InputError(f"{name}_not_allowed", f"a {name} is not used by {spec.task}"
+                         + (f"; it is for {', '.join(p.name for p in PROBLEMS.values() if name in p.uploads)}"))
+    problem.check(spec, files.present())
+    loaded = load_image(image, max_pixels=max_pixels)
+    measurement = problem.measure(spec, loaded, files)
+    if reference is not None and measurement.reference is None:
+        measurement.reference = _reference(reference, measurement.output_size, measurement.channels, max_pixels)
+    elif reference is not None:
+        raise InputError("invalid_parameter", "a reference is not needed: the synthetic degradation already scores "
+                         "against the clean input")
+    return measurement

@@ -13,29 +13,33 @@ import os
 import platform
 import time
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
 from . import __version__
 from .callbacks import Callback
-from .config import NetConfig
+from .config import NetConfig, RunConfig
+from .errors import InputError
 from .fit import CheckpointConfig, FitResult, fit
 from .io import pad_to_multiple, save_image
-from .metrics import psnr, ssim
-from .nets import get_net
+from .metrics import psnr, psnr_y, ssim
+from .nets import build_from_config
 from .plots import plot_curves
-from .errors import InputError
-from .presets import RunConfig, apply_overrides, resolve
-from .problems import Measurement, build_measurement, make_physics
-from .spec import RestoreSpec, curves_filename, result_filename
+from .presets import apply_overrides, resolve
+from .problems import Measurement, OperatorData, build_measurement, get_problem
+from .seeding import stream_seed, torch_generator
+from .spec import RestoreSpec
 from .validation import validate_spec
 
 CHECKPOINT_NAME = "checkpoint.pt"
+# The super-resolution protocol scores luma with this border removed (the authors' evaluation script).
+SR_SHAVE = 4
+build_net = build_from_config
 
 
 @dataclass(frozen=True)
@@ -44,6 +48,7 @@ class RestoreInputs:
 
     image: Path
     mask: Path | None = None
+    kernel: Path | None = None
     reference: Path | None = None
 
 
@@ -62,31 +67,27 @@ class RestoreResult:
     metrics: dict[str, Any] = field(default_factory=dict)
 
 
+def configure_determinism(enabled: bool) -> None:
+    """Make seeded CUDA runs repeatable (or fast again).
+
+    On: cuDNN picks deterministic convolution algorithms and no autotuning, and
+    PyTorch's deterministic mode is on (the nets then use their atomic-free
+    padding and upsampling). Off: cuDNN autotunes, since a run keeps one image size.
+    """
+    if enabled:
+        # cuBLAS needs a fixed workspace to be deterministic; it reads this when it starts.
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    torch.backends.cudnn.deterministic = enabled
+    torch.backends.cudnn.benchmark = not enabled
+    torch.use_deterministic_algorithms(enabled, warn_only=True)
+
+
 def pick_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if name == "cuda" and not torch.cuda.is_available():
         raise RuntimeError("device 'cuda' was asked for but no CUDA device is available")
     return torch.device(name)
-
-
-def build_net(config: NetConfig, *, out_channels: int) -> nn.Module:
-    """Instantiate the network a :class:`NetConfig` describes."""
-    in_channels = 2 if config.input == "meshgrid" else config.input_channels
-    if config.name == "skip":
-        return get_net(
-            "skip",
-            in_channels=in_channels,
-            out_channels=out_channels,
-            channels_down=(config.channels,) * config.levels,
-            channels_up=(config.channels,) * config.levels,
-            channels_skip=(config.skip_channels,) * config.levels,
-            upsample_mode=config.upsample_mode,
-            pad=config.pad,
-        )
-    widths = tuple(min(config.channels, 16 * 2**i) for i in range(config.levels))
-    return get_net(config.name, in_channels=in_channels, out_channels=out_channels, channels=widths,
-                   upsample_mode=config.upsample_mode, pad=config.pad)
 
 
 def make_input(config: NetConfig, height: int, width: int, *, generator: torch.Generator) -> Tensor:
@@ -125,6 +126,7 @@ def restore(
     resume: bool = True,
     max_pixels: int | None = None,
     max_iterations: int = 20_000,
+    max_snapshots: int | None = None,
     overrides: dict[str, object] | None = None,
 ) -> RestoreResult:
     """Run Deep Image Prior on one input and write its outputs to ``out_dir``.
@@ -139,6 +141,7 @@ def restore(
         resume: continue from ``out_dir/checkpoint.pt`` when it exists and matches this request.
         max_pixels: refuse larger images.
         max_iterations: refuse a larger ``spec.iterations``.
+        max_snapshots: keep at most this many snapshots (default: the preset's cap).
         overrides: any preset field by dotted path (``{"fit.lr": 0.005}``), applied last.
 
     Raises:
@@ -146,15 +149,19 @@ def restore(
     """
     validate_spec(spec, max_iterations=max_iterations)
     measurement = build_measurement(
-        spec, inputs.image, mask=inputs.mask, reference=inputs.reference, max_pixels=max_pixels
+        spec, inputs.image, mask=inputs.mask, kernel=inputs.kernel, reference=inputs.reference, max_pixels=max_pixels
     )
     run = resolve(spec, scattered=measurement.scattered_mask or spec.drop_fraction is not None)
+    if max_snapshots is not None:
+        run = replace(run, fit=replace(run.fit, max_snapshots=max_snapshots))
     if overrides:
         try:
             run = apply_overrides(run, overrides)
         except (ValueError, TypeError) as exc:
             raise InputError("invalid_parameter", str(exc)) from None
     device = pick_device(spec.device)
+    if device.type == "cuda":
+        configure_determinism(spec.deterministic)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
 
@@ -195,15 +202,19 @@ def _run(
     mask = None
     if measurement.mask is not None:
         mask = torch.from_numpy(pad_to_multiple(measurement.mask, multiple, minimum=minimum).copy())
-    physics = make_physics(spec.task, scale=spec.scale, kernel=run.downsample_kernel, mask=mask).to(device)
+    kernel = None if measurement.kernel is None else torch.from_numpy(measurement.kernel)
+    physics = get_problem(spec.task).operator(
+        spec, OperatorData(downsample_kernel=run.downsample_kernel, mask=mask, kernel=kernel)).to(device)
 
-    generator = torch.Generator().manual_seed(spec.seed)
-    z = make_input(run.net, y.shape[0] * factor, y.shape[1] * factor, generator=generator).to(device)
-    # Initialise the weights from the request's seed without touching the caller's global RNG.
+    # Each random use has a stream of its own (dip_engine.seeding): none of them shares
+    # numbers with the synthetic degradation the network is asked to undo.
+    z = make_input(run.net, y.shape[0] * factor, y.shape[1] * factor,
+                   generator=torch_generator(spec.seed, "input")).to(device)
+    # Initialise the weights without touching the caller's global RNG.
     with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(spec.seed)
+        torch.manual_seed(stream_seed(spec.seed, "weights"))
         net = build_net(run.net, out_channels=measurement.channels).to(device)
-    jitter = torch.Generator(device=device).manual_seed(spec.seed + 1)
+    jitter = torch_generator(spec.seed, "jitter", device=device)
 
     def snapshot(iteration: int, output: Tensor) -> Path:
         return save_image(out_dir / "snapshots" / f"iter_{iteration:05d}.png", _to_array(output), alpha=measurement.alpha)
@@ -238,23 +249,28 @@ def _write_outputs(
     device: torch.device,
 ) -> RestoreResult:
     alpha = measurement.alpha
+    problem = get_problem(spec.task)
     files = {
-        "result": save_image(out_dir / result_filename(spec.task, spec.scale), _to_array(fitted.output), alpha=alpha),
+        "result": save_image(out_dir / problem.result_name(spec), _to_array(fitted.output), alpha=alpha),
         "best": save_image(out_dir / "best.png", _to_array(fitted.best), alpha=alpha),
         "last": save_image(out_dir / "last.png", _to_array(fitted.last), alpha=alpha),
     }
     if measurement.reference is not None and measurement.degraded is not None:
         files["degraded"] = save_image(out_dir / "degraded.png", measurement.degraded)
     files["curves"] = plot_curves(
-        fitted.history, out_dir / curves_filename(spec.task, spec.scale),
+        fitted.history, out_dir / problem.curves_name(spec),
         title=f"DIP {spec.task}" + (f" x{spec.scale}" if spec.task == "superres" else ""),
         best_iteration=fitted.best_iteration, early_stop_iteration=fitted.early_stop_iteration,
     )
     psnr_output = _psnr(fitted.output, reference)
     psnr_last = _psnr(fitted.last, reference)
-    psnr_input = None
-    if reference is not None and spec.task != "superres":
-        psnr_input = _psnr(_to_tensor(measurement.degraded, device), reference)
+    # The classical answer the result is compared with: the input itself, or bicubic for SR.
+    baseline = None if measurement.baseline is None else _to_tensor(measurement.baseline, device)
+    psnr_input = _psnr(baseline, reference) if baseline is not None else None
+    psnr_y_output = psnr_y_input = None
+    if reference is not None and spec.task == "superres":
+        psnr_y_output = float(psnr_y(fitted.output, reference, shave=SR_SHAVE))
+        psnr_y_input = None if baseline is None else float(psnr_y(baseline, reference, shave=SR_SHAVE))
     run_s = fitted.elapsed_s
     summary = {
         "task": spec.task,
@@ -269,6 +285,8 @@ def _write_outputs(
         "psnr_best": fitted.best_psnr,
         "psnr_output": psnr_output,
         "psnr_last": psnr_last,
+        "psnr_y_input": psnr_y_input,
+        "psnr_y_output": psnr_y_output,
         "ssim_output": None if reference is None else float(ssim(fitted.output, reference)),
         "detection_gap_db": None if fitted.best_psnr is None or psnr_output is None else fitted.best_psnr - psnr_output,
         "backtracks": fitted.backtracks,

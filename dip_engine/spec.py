@@ -1,6 +1,8 @@
 """What a restoration run is asked to do: names and the request record.
 
 Torch-free so that the API can validate and describe jobs without PyTorch.
+What differs between tasks (operator, measurement, fields, presets, output
+name) is in :mod:`dip_engine.problems`.
 """
 
 from __future__ import annotations
@@ -8,8 +10,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal, get_args
 
-TaskName = Literal["denoise", "superres", "inpaint"]
-PresetName = Literal["fast", "paper"]
+TaskName = Literal["denoise", "superres", "inpaint", "dejpeg", "deblur"]
+PresetName = Literal["fast", "quality", "paper"]
 EarlyStopMode = Literal["auto", "off"]
 DeviceName = Literal["auto", "cpu", "cuda"]
 
@@ -22,10 +24,13 @@ SCALES: tuple[int, ...] = (2, 4, 8)
 class RestoreSpec:
     """One restoration request. ``None`` means "the preset's value".
 
-    Three fields make the measurement from a clean input, which then serves
-    as the reference (benchmarking): ``add_noise_sigma`` (denoise, 0-255
-    scale), ``from_hr`` (superres: downsample the input by ``scale``) and
-    ``drop_fraction`` (inpaint: drop that fraction of pixels, seeded).
+    Some fields belong to one task only (``problems.PROBLEMS[task].fields``
+    lists them). A few make the measurement from a clean input, which then
+    serves as the reference (benchmarking): ``add_noise_sigma`` (denoise and
+    deblur, 0-255 scale), ``from_hr`` (superres: downsample the input by
+    ``scale``), ``drop_fraction`` (inpaint: drop that fraction of pixels,
+    seeded), ``from_sharp`` (deblur: blur the input with the kernel) and
+    ``jpeg_quality`` (dejpeg: compress the input at that quality).
     """
 
     task: TaskName
@@ -33,6 +38,9 @@ class RestoreSpec:
     from_hr: bool = False
     add_noise_sigma: float | None = None
     drop_fraction: float | None = None
+    blur_sigma: float | None = None
+    from_sharp: bool = False
+    jpeg_quality: int | None = None
     preset: PresetName = "fast"
     iterations: int | None = None
     log_every: int | None = None
@@ -40,13 +48,4 @@ class RestoreSpec:
     early_stop: EarlyStopMode | None = None
     seed: int = 0
     device: DeviceName = "auto"
-
-
-def result_filename(task: TaskName, scale: int = 4) -> str:
-    """The final output's file name, as the original code names it."""
-    return {"denoise": "dip_denoised.png", "superres": f"dip_superres_x{scale}.png",
-            "inpaint": "dip_inpainted.png"}[task]
-
-
-def curves_filename(task: TaskName, scale: int = 4) -> str:
-    return result_filename(task, scale).replace(".png", "_curves.png")
+    deterministic: bool = False

@@ -12,15 +12,17 @@ import math
 
 from dip_engine.errors import InputError
 from dip_engine.io import ImageInfo
-from dip_engine.spec import PRESETS, SCALES, TASKS, RestoreSpec
+from dip_engine.problems import PROBLEMS, TASK_FIELDS, get_problem
+from dip_engine.spec import PRESETS, SCALES, RestoreSpec
 
 _EARLY_STOP_MODES = (None, "auto", "off")
 _DEVICES = ("auto", "cpu", "cuda")
 _MAX_SEED = 2**32 - 1  # the widest range every seeded generator (numpy, torch) accepts
+_DEFAULTS = RestoreSpec(task="denoise")
 
 
 def validate_spec(spec: RestoreSpec, *, max_iterations: int = 20000) -> None:
-    """Check each field of ``spec`` and the fields that belong to one task only.
+    """Check each field of ``spec`` and the fields that belong to some tasks only.
 
     Args:
         spec: The request.
@@ -32,7 +34,7 @@ def validate_spec(spec: RestoreSpec, *, max_iterations: int = 20000) -> None:
     if not _is_int(max_iterations) or max_iterations < 1:
         raise ValueError(f"max_iterations must be a positive int, got {max_iterations!r}")
 
-    _require(spec.task in TASKS, f"task must be one of {_choices(TASKS)}, got {spec.task!r}")
+    problem = get_problem(spec.task)
     _require(_is_int(spec.scale) and spec.scale in SCALES,
              f"scale must be one of {_choices(SCALES)}, got {spec.scale!r}")
     _require(spec.preset in PRESETS, f"preset must be one of {_choices(PRESETS)}, got {spec.preset!r}")
@@ -46,19 +48,25 @@ def validate_spec(spec: RestoreSpec, *, max_iterations: int = 20000) -> None:
         _require(value is None or (_is_int(value) and value >= 1), f"{name} must be >= 1, got {value!r}")
     _require(_is_int(spec.seed) and 0 <= spec.seed <= _MAX_SEED,
              f"seed must be an int in 0..{_MAX_SEED}, got {spec.seed!r}")
-    _require(isinstance(spec.from_hr, bool), f"from_hr must be true or false, got {spec.from_hr!r}")
+    for name in ("from_hr", "from_sharp", "deterministic"):
+        _require(isinstance(getattr(spec, name), bool), f"{name} must be true or false, got {getattr(spec, name)!r}")
 
     sigma = spec.add_noise_sigma
-    if sigma is not None:
-        _require(_is_real(sigma) and 0 < sigma <= 255,
-                 f"add_noise_sigma must be in (0, 255] (0-255 scale), got {sigma!r}")
-        _only_for("add_noise_sigma", "denoise", spec.task)
+    _require(sigma is None or (_is_real(sigma) and 0 < sigma <= 255),
+             f"add_noise_sigma must be in (0, 255] (0-255 scale), got {sigma!r}")
     fraction = spec.drop_fraction
-    if fraction is not None:
-        _require(_is_real(fraction) and 0 < fraction < 1, f"drop_fraction must be in (0, 1), got {fraction!r}")
-        _only_for("drop_fraction", "inpaint", spec.task)
-    if spec.from_hr:
-        _only_for("from_hr", "superres", spec.task)
+    _require(fraction is None or (_is_real(fraction) and 0 < fraction < 1),
+             f"drop_fraction must be in (0, 1), got {fraction!r}")
+    blur = spec.blur_sigma
+    _require(blur is None or (_is_real(blur) and 0 < blur <= 20), f"blur_sigma must be in (0, 20] px, got {blur!r}")
+    quality = spec.jpeg_quality
+    _require(quality is None or (_is_int(quality) and 1 <= quality <= 95),
+             f"jpeg_quality must be an int in 1..95, got {quality!r}")
+
+    for name in sorted(TASK_FIELDS - problem.fields):
+        if getattr(spec, name) != getattr(_DEFAULTS, name):
+            owners = ", ".join(p.name for p in PROBLEMS.values() if name in p.fields)
+            raise InputError("invalid_parameter", f"{name} is only for {owners}, not {spec.task}")
 
 
 def check_inputs(
@@ -66,6 +74,7 @@ def check_inputs(
     image: ImageInfo,
     *,
     mask: ImageInfo | None = None,
+    kernel: ImageInfo | None = None,
     reference: ImageInfo | None = None,
     max_output_pixels: int | None = None,
     min_size: int = 16,
@@ -80,6 +89,7 @@ def check_inputs(
         spec: The request.
         image: The input image.
         mask: The inpainting mask, if one was uploaded.
+        kernel: The blur kernel, if one was uploaded.
         reference: The clean image to score against, if one was uploaded.
         max_output_pixels: Refuse outputs with more pixels than this.
         min_size: Smallest side accepted for the (low-resolution) input.
@@ -89,23 +99,33 @@ def check_inputs(
 
     Raises:
         InputError: ``image_too_small``, ``mask_not_allowed``, ``mask_required``,
-            ``mask_size_mismatch``, ``reference_size_mismatch``, ``image_too_large``
+            ``mask_size_mismatch``, ``kernel_not_allowed``, ``kernel_required``,
+            ``kernel_too_large``, ``reference_size_mismatch``, ``image_too_large``
             or ``invalid_parameter``.
     """
+    problem = get_problem(spec.task)
     _check_min_side("image", image.width, image.height, min_size)
-    _check_mask(spec, image, mask)
+    uploads = {name: info for name, info in (("mask", mask), ("kernel", kernel)) if info is not None}
+    for name in sorted(set(uploads) - problem.uploads):
+        owners = ", ".join(p.name for p in PROBLEMS.values() if name in p.uploads)
+        raise InputError(f"{name}_not_allowed", f"a {name} is only used for {owners}, not {spec.task}")
+    problem.check(spec, frozenset(uploads))
+    if mask is not None and (mask.width, mask.height) != (image.width, image.height):
+        raise InputError(
+            "mask_size_mismatch",
+            f"mask is {mask.width}x{mask.height} px but the image is {image.width}x{image.height} px",
+        )
+    if kernel is not None and (kernel.width > image.width or kernel.height > image.height):
+        raise InputError("kernel_too_large", f"kernel is {kernel.width}x{kernel.height} px, larger than the "
+                         f"{image.width}x{image.height} px image")
 
     width, height = image.width, image.height
-    if spec.task != "superres":
-        output = (width, height)
-    elif spec.from_hr:
+    if spec.from_hr:
         _require(width % spec.scale == 0 and height % spec.scale == 0,
                  f"with from_hr the image sides must divide by the scale {spec.scale}, got {width}x{height} px")
         _check_min_side(f"the x{spec.scale} low-resolution image made from_hr",
                         width // spec.scale, height // spec.scale, min_size)
-        output = (width, height)
-    else:
-        output = (width * spec.scale, height * spec.scale)
+    output = problem.output_size(spec, width, height)
 
     if reference is not None and (reference.width, reference.height) != output:
         raise InputError(
@@ -122,30 +142,10 @@ def check_inputs(
     return output
 
 
-def _check_mask(spec: RestoreSpec, image: ImageInfo, mask: ImageInfo | None) -> None:
-    if spec.task != "inpaint":
-        if mask is not None:
-            raise InputError("mask_not_allowed", f"a mask is only used for inpaint, not {spec.task}")
-        return
-    if mask is None and spec.drop_fraction is None:
-        raise InputError("mask_required", "inpaint needs a mask or a drop_fraction")
-    _require(mask is None or spec.drop_fraction is None,
-             f"give a mask or a drop_fraction, not both (drop_fraction={spec.drop_fraction!r})")
-    if mask is not None and (mask.width, mask.height) != (image.width, image.height):
-        raise InputError(
-            "mask_size_mismatch",
-            f"mask is {mask.width}x{mask.height} px but the image is {image.width}x{image.height} px",
-        )
-
-
 def _check_min_side(what: str, width: int, height: int, min_size: int) -> None:
     if width < min_size or height < min_size:
         raise InputError("image_too_small",
                          f"{what} is {width}x{height} px; the minimum is {min_size} px per side")
-
-
-def _only_for(name: str, task: str, actual: str) -> None:
-    _require(actual == task, f"{name} is only for {task}, not {actual}")
 
 
 def _require(condition: bool, message: str) -> None:

@@ -102,13 +102,16 @@ def run_job(store: WorkerStore, claim: Claim, settings: Settings, *, worker: str
                                worker=worker, parent_pid=parent_pid)
         error: tuple[str, str] | None = None
         try:
-            spec = JobCreate.model_validate(record.params).to_spec(device=select_device(settings.device))
+            spec = JobCreate.model_validate(record.params).to_spec(device=select_device(settings.device),
+                                                                   deterministic=settings.deterministic)
             inputs = RestoreInputs(image=_input(record, directory, "input."),
                                    mask=_input(record, directory, "mask."),
+                                   kernel=_input(record, directory, "kernel."),
                                    reference=_input(record, directory, "reference."))
             result = restore(spec, inputs, directory / OUT_DIR, callbacks=[reporter],
                              checkpoint_every=settings.checkpoint_every, resume=True,
-                             max_pixels=settings.max_pixels, max_iterations=settings.max_iterations)
+                             max_pixels=settings.max_pixels, max_iterations=settings.max_iterations,
+                             max_snapshots=settings.max_snapshots)
         except LeaseLost as exc:
             log.warning("%s; stopping without writing its end", exc)
             return None

@@ -1,7 +1,7 @@
 """Tests of ``dip restore`` (dip_engine.cli): each task end to end in a subprocess, and bad input.
 
-The three task runs start together in one module fixture (they take a few
-seconds each, mostly importing torch and matplotlib) and run at 1 thread each.
+The task runs start together in one module fixture (they take a few seconds
+each, mostly importing torch and matplotlib) and run at 1 thread each.
 """
 
 from __future__ import annotations
@@ -54,6 +54,18 @@ def _write_text(path: Path, text: str) -> Path:
     return path
 
 
+def _jpeg(path: Path, array: np.ndarray, *, quality: int) -> Path:
+    Image.fromarray(array).save(path, format="JPEG", quality=quality)
+    return path
+
+
+def _line_kernel(size: int) -> np.ndarray:
+    """A horizontal motion blur, as a user would draw it: white on black."""
+    kernel = np.zeros((max(3, size // 4 | 1), size), np.uint8)
+    kernel[kernel.shape[0] // 2] = 255
+    return kernel
+
+
 @dataclass
 class Run:
     returncode: int
@@ -74,6 +86,11 @@ def inputs(tmp_path_factory: pytest.TempPathFactory, make_image: Callable[..., n
         "mask32": _write(root / "mask32.png", mask[::2, ::2]),
         "text": _write_text(root / "notes.png", "this is not an image\n"),
         "tiny": _write(root / "tiny.png", make_image(8, 8)),
+        "jpeg": _jpeg(root / "clean.jpg", make_image(64, 64), quality=20),
+        "kernel": _write(root / "kernel.png", _line_kernel(7)),
+        "big_kernel": _write(root / "big_kernel.png", _line_kernel(65)),
+        "colour_kernel": _write(root / "colour_kernel.png", make_image(5, 5)),
+        "black_kernel": _write(root / "black_kernel.png", np.zeros((5, 5), np.uint8)),
         "root": root,
     }
 
@@ -87,6 +104,8 @@ def runs(inputs: dict[str, Path], tmp_path_factory: pytest.TempPathFactory) -> d
                                        "--checkpoint-every", "4", "--seed", "3"],
         "superres": MODULE + ["superres", str(inputs["lowres"]), "--scale", "4"],
         "inpaint": MODULE + ["inpaint", str(inputs["clean"]), "--mask", str(inputs["mask"])],
+        "dejpeg": MODULE + ["dejpeg", str(inputs["jpeg"])],
+        "deblur": MODULE + ["deblur", str(inputs["clean"]), "--kernel", str(inputs["kernel"])],
     }
     procs = {
         task: subprocess.Popen(cmd + common + ["--out", str(root / task)], stdout=subprocess.PIPE,
@@ -106,7 +125,8 @@ def runs(inputs: dict[str, Path], tmp_path_factory: pytest.TempPathFactory) -> d
     return results
 
 
-RESULTS = {"denoise": "dip_denoised.png", "superres": "dip_superres_x4.png", "inpaint": "dip_inpainted.png"}
+RESULTS = {"denoise": "dip_denoised.png", "superres": "dip_superres_x4.png", "inpaint": "dip_inpainted.png",
+           "dejpeg": "dip_dejpeg.png", "deblur": "dip_deblurred.png"}
 TASKS = sorted(RESULTS)
 
 
@@ -172,7 +192,7 @@ def test_denoise_with_added_noise_scores_against_the_clean_input(runs: dict[str,
 
 
 def test_without_a_reference_there_is_no_psnr(runs: dict[str, Run]) -> None:
-    for task in ("superres", "inpaint"):
+    for task in ("superres", "inpaint", "dejpeg", "deblur"):
         summary = json.loads(_ok(runs[task]).stdout)
         assert summary["psnr_output"] is None and summary["psnr_best"] is None
         assert not (runs[task].out / "degraded.png").exists()
@@ -184,8 +204,13 @@ def test_snapshot_every_writes_numbered_snapshots(runs: dict[str, Run]) -> None:
     assert snapshots == ["iter_00006.png", "iter_00012.png"]
     assert all(_png(run.out / "snapshots" / name).size == (64, 64) for name in snapshots)
     assert json.loads((run.out / "metrics.json").read_text())["snapshots"] == snapshots
-    for task in ("superres", "inpaint"):
-        assert not (runs[task].out / "snapshots").exists()
+
+
+@pytest.mark.parametrize("task", ["superres", "inpaint", "dejpeg", "deblur"])
+def test_by_default_every_log_point_has_a_snapshot(runs: dict[str, Run], task: str) -> None:
+    run = _ok(runs[task])
+    snapshots = sorted(p.name for p in (run.out / "snapshots").iterdir())
+    assert snapshots == ["iter_00004.png", "iter_00008.png", "iter_00012.png"]
 
 
 # -- bad input: one line on stderr, exit status 2, nothing written ------------------------------------
@@ -203,10 +228,18 @@ BAD_INPUTS = {
     "iterations-text": (["denoise", "{clean}", "--iterations", "many"], "'many'"),
     "negative-log-every": (["denoise", "{clean}", "--log-every", "-5"], "got -5"),
     "drop-fraction-1.5": (["inpaint", "{clean}", "--drop-fraction", "1.5"], "got 1.5"),
-    "noise-for-superres": (["superres", "{lowres}", "--add-noise", "25"], "only for denoise"),
+    "noise-for-superres": (["superres", "{lowres}", "--add-noise", "25"], "only for denoise, deblur"),
     "negative-checkpoint-every": (["denoise", "{clean}", "--checkpoint-every", "-1"], "got -1"),
     "too-small": (["denoise", "{tiny}"], "8x8"),
-    "unknown-task": (["deblur", "{clean}"], "invalid choice: 'deblur'"),
+    "unknown-task": (["colorize", "{clean}"], "invalid choice: 'colorize'"),
+    "deblur-without-kernel": (["deblur", "{clean}"], "deblur needs exactly one of a kernel image or blur_sigma"),
+    "kernel-and-sigma": (["deblur", "{clean}", "--kernel", "{kernel}", "--blur-sigma", "2"], "not allowed with"),
+    "kernel-for-denoise": (["denoise", "{clean}", "--kernel", "{kernel}"], "a kernel is not used by denoise"),
+    "kernel-too-large": (["deblur", "{clean}", "--kernel", "{big_kernel}"], "larger than the 64x64 px image"),
+    "colour-kernel": (["deblur", "{clean}", "--kernel", "{colour_kernel}"], "2-D (grayscale)"),
+    "black-kernel": (["deblur", "{clean}", "--kernel", "{black_kernel}"], "all black"),
+    "sigma-for-denoise": (["denoise", "{clean}", "--blur-sigma", "2"], "blur_sigma is only for deblur"),
+    "jpeg-quality-0": (["dejpeg", "{clean}", "--jpeg-quality", "0"], "got 0"),
 }
 
 

@@ -7,6 +7,7 @@ from collections.abc import Callable
 from dataclasses import fields
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from torch import Tensor, nn
@@ -16,7 +17,8 @@ from dip_engine.config import EarlyStopConfig, FitConfig, NetConfig
 from dip_engine.fit import CheckpointConfig, FitResult, fit
 from dip_engine.history import LogRecord
 from dip_engine.metrics import psnr
-from dip_engine.physics import Denoising, Downsampling, Inpainting, Physics, bernoulli_mask
+from dip_engine.degradations import bernoulli_mask
+from dip_engine.physics import Blur, Denoising, Downsampling, Inpainting, Physics
 from dip_engine.restore import build_net, make_input
 
 SIZE = 64
@@ -181,7 +183,8 @@ OPERATORS: dict[str, Callable[[], Physics]] = {
     "denoise": Denoising,
     "superres-lanczos2-x4": lambda: Downsampling(4),
     "superres-bilinear-x2": lambda: Downsampling(2, kernel="bilinear"),
-    "inpaint": lambda: Inpainting(bernoulli_mask(SIZE, SIZE, 0.5, generator=torch.Generator().manual_seed(0))),
+    "inpaint": lambda: Inpainting(torch.from_numpy(bernoulli_mask(SIZE, SIZE, 0.5, rng=np.random.default_rng(0)))),
+    "deblur": lambda: Blur(torch.ones(3, 3) / 9),
 }
 
 
@@ -348,6 +351,94 @@ def test_backtracking_recovers_from_a_loss_spike(backtrack_db: float | None) -> 
         assert math.isfinite(result.history[-1].loss)
 
 
+class WeightsAt(Callback):
+    """Keeps a copy of the weights after the given iterations' steps."""
+
+    def __init__(self, net: nn.Module, iterations: set[int]) -> None:
+        self.net, self.iterations = net, iterations
+        self.weights: dict[int, list[Tensor]] = {}
+
+    def on_step(self, state: FitState) -> None:
+        if state.iteration in self.iterations:
+            self.weights[state.iteration] = [p.detach().clone() for p in self.net.parameters()]
+
+
+def test_rollback_keeps_the_weights_that_produced_the_checked_output() -> None:
+    clean, net = _clean(), _net()
+    config = _config(iterations=100, log_every=5, backtrack_db=5.0, backtrack_every=10)
+    watch = WeightsAt(net, {79, 90})
+    result = fit(net, _z(), _noisy(clean), Denoising(), config=config, reference=clean, generator=_jitter(),
+                 callbacks=[Corrupt(net, at=85), watch])
+    assert result.backtracks == 1
+    # The check at 80 ran on the weights left by step 79; the spike found at 90 goes back to those,
+    # not to the weights after step 80.
+    assert all(torch.equal(a, b) for a, b in zip(watch.weights[90], watch.weights[79]))
+
+
+@pytest.mark.parametrize("rule", ["rollback", "reference"])
+def test_the_spike_stays_out_of_the_average_only_with_rollback(rule: str) -> None:
+    clean, net = _clean(), _net()
+    config = _config(iterations=100, log_every=10, backtrack_db=5.0, backtrack_every=10, backtrack_rule=rule,
+                     ema=0.9)
+    result = fit(net, _z(), _noisy(clean), Denoising(), config=config, reference=clean, generator=_jitter(),
+                 callbacks=[Corrupt(net, at=81)])
+    by_iteration = {r.iteration: r for r in result.history}
+    assert result.backtracks == 1
+    if rule == "reference":
+        # The notebook's rule: the average has taken in the spike, and shows it at the next log point.
+        assert by_iteration[80].psnr_avg - by_iteration[90].psnr_avg > 1.0
+    else:
+        # Rolled back with the weights (the iteration of the backtrack logs nothing): the average
+        # never saw the spike and goes on improving.
+        assert 90 not in by_iteration
+        assert by_iteration[100].psnr_avg > by_iteration[80].psnr_avg
+
+
+def test_rollback_clears_the_early_stopping_window() -> None:
+    from dip_engine.early_stopping import WindowedVariance
+
+    window = WindowedVariance(4)
+    for i in range(6):
+        window.update(torch.full((1, 1, 2, 2), float(i)))
+    window.reset()
+    assert [window.update(torch.full((1, 1, 2, 2), 9.0)) is None for _ in range(4)] == [True, True, True, False]
+    assert float(window.update(torch.full((1, 1, 2, 2), 9.0))) == pytest.approx(0.0, abs=1e-6)
+
+
+def test_reference_backtracking_checks_between_log_points_only() -> None:
+    clean, net = _clean(), _net()
+    config = _config(iterations=40, log_every=10, backtrack_db=5.0, backtrack_rule="reference")
+    result = fit(net, _z(), _noisy(clean), Denoising(), config=config, reference=clean, generator=_jitter(),
+                 callbacks=[Corrupt(net, at=25)])
+    # The notebook checks every iteration but those with i % show_every == 0: the spike at 26 is caught at once.
+    assert result.backtracks >= 1
+    assert result.history[-1].psnr_degraded > result.history[1].psnr_degraded - 1.0
+
+
+@pytest.mark.parametrize(("iterations", "log_every", "cap", "interval"),
+                         [(60, 5, 100, 5), (60, 5, 4, 15), (60, 5, 5, 15), (1000, 25, 100, 25), (3000, 25, 100, 50)])
+def test_snapshots_at_log_points_thinned_evenly_past_the_cap(iterations: int, log_every: int, cap: int,
+                                                             interval: int) -> None:
+    config = _config(iterations=iterations, log_every=log_every, max_snapshots=cap)
+    assert config.snapshot_interval == interval
+    assert iterations // interval <= cap
+
+
+def test_a_run_writes_at_most_max_snapshots(tmp_path: Path) -> None:
+    written: list[int] = []
+
+    def snapshot(iteration: int, output: Tensor) -> Path:
+        written.append(iteration)
+        return tmp_path / f"{iteration}.png"
+
+    fit(_net(), _z(), _clean(), Denoising(), config=_config(iterations=60, log_every=5, max_snapshots=5),
+        snapshot=snapshot, generator=_jitter())
+    assert written == [15, 30, 45, 60]
+    fit(_net(), _z(), _clean(), Denoising(), config=_config(iterations=20, log_every=5, max_snapshots=0),
+        snapshot=snapshot, generator=_jitter())
+    assert written == [15, 30, 45, 60]
+
+
 def test_backtracking_does_not_fire_on_a_healthy_run(denoised: tuple[FitResult, Tensor, Tensor]) -> None:
     assert denoised[0].backtracks == 0
 
@@ -479,10 +570,22 @@ def test_ema_off_makes_the_averaged_output_the_raw_one() -> None:
 
 def test_raw_output_mode_returns_the_raw_iterate() -> None:
     clean = _clean()
-    result = fit(_net(), _z(), _noisy(clean), Denoising(), config=_config(iterations=6, log_every=3, output="raw"),
+    result = fit(_net(), _z(), _noisy(clean), Denoising(),
+                 config=_config(iterations=6, log_every=3, output="raw", reg_noise_std=0.0),
                  reference=clean, generator=_jitter())
     assert float(psnr(result.last, clean)) == pytest.approx(result.history[-1].psnr, abs=1e-4)
     assert result.history[-1].psnr != result.history[-1].psnr_avg
+
+
+def test_raw_output_with_jitter_is_the_net_on_its_fixed_code() -> None:
+    # As the reference code returns it: net(z) after the last step, without the jitter.
+    clean, net, z = _clean(), _net(), _z()
+    result = fit(net, z, _noisy(clean), Denoising(), config=_config(iterations=6, log_every=3, output="raw"),
+                 reference=clean, generator=_jitter())
+    with torch.no_grad():
+        expected = net(z)
+    assert torch.equal(result.last, expected)
+    assert float(psnr(result.last, clean)) != pytest.approx(result.history[-1].psnr, abs=1e-4)
 
 
 # -- on a GPU (skipped without one) ------------------------------------------------------------------

@@ -8,7 +8,21 @@ import pytest
 import torch
 from torch import nn
 
-from dip_engine.nets import NETS, count_parameters, get_net, list_nets, skip, unet
+import torch.nn.functional as F
+
+from dip_engine import layers, nets
+from dip_engine.nets import (
+    NETS,
+    count_parameters,
+    get_net,
+    list_nets,
+    reflection_pad,
+    replication_pad,
+    skip,
+    unet,
+    upsample2x_bilinear,
+    upsample2x_nearest,
+)
 
 # Small enough that every test runs in milliseconds on CPU.
 TINY = {
@@ -175,3 +189,117 @@ def test_registry() -> None:
 def test_get_net_unknown_name_lists_known_names() -> None:
     with pytest.raises(ValueError, match=r"unknown net 'resnet'; known nets: skip, unet"):
         get_net("resnet")
+
+
+# --------------------------------------------------------------------------- deterministic path
+
+SIZES = [(1, 1), (1, 5), (4, 4), (5, 7), (8, 3), (9, 12)]
+
+
+def _value_and_grad(fn, x: torch.Tensor, seed: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
+    x = x.detach().clone().requires_grad_(True)
+    y = fn(x)
+    weight = torch.randn(y.shape, generator=torch.Generator().manual_seed(seed), dtype=y.dtype)
+    (y * weight).sum().backward()
+    return y.detach(), x.grad
+
+
+@pytest.mark.parametrize(("height", "width"), SIZES)
+def test_bilinear_upsampling_as_transposed_conv_equals_interpolate(height: int, width: int) -> None:
+    x = torch.randn(2, 3, height, width, generator=torch.Generator().manual_seed(0))
+    ours = _value_and_grad(upsample2x_bilinear, x)
+    theirs = _value_and_grad(
+        lambda t: F.interpolate(t, scale_factor=2, mode="bilinear", align_corners=False), x)
+    assert ours[0].shape == (2, 3, 2 * height, 2 * width)
+    for a, b in zip(ours, theirs):
+        assert (a - b).abs().max() < 1e-6
+
+
+@pytest.mark.parametrize(("height", "width"), SIZES)
+def test_nearest_upsampling_equals_interpolate(height: int, width: int) -> None:
+    x = torch.randn(2, 3, height, width, generator=torch.Generator().manual_seed(0))
+    ours = _value_and_grad(upsample2x_nearest, x)
+    theirs = _value_and_grad(lambda t: F.interpolate(t, scale_factor=2, mode="nearest"), x)
+    assert torch.equal(ours[0], theirs[0])
+    torch.testing.assert_close(ours[1], theirs[1], rtol=0, atol=1e-6)
+
+
+@pytest.mark.parametrize("padding", [(1, 1, 1, 1), (2, 2, 2, 2), (0, 3, 1, 0), (3, 0, 0, 2)])
+@pytest.mark.parametrize(("height", "width"), [(4, 4), (5, 7), (8, 9)])
+def test_padding_by_slicing_equals_f_pad(padding: tuple[int, ...], height: int, width: int) -> None:
+    x = torch.randn(2, 3, height, width, generator=torch.Generator().manual_seed(0))
+    for ours_fn, mode in ((reflection_pad, "reflect"), (replication_pad, "replicate")):
+        ours = _value_and_grad(lambda t: ours_fn(t, padding), x)
+        theirs = _value_and_grad(lambda t: F.pad(t, padding, mode=mode), x)
+        assert torch.equal(ours[0], theirs[0]), mode
+        torch.testing.assert_close(ours[1], theirs[1], rtol=0, atol=1e-6)
+
+
+def test_reflection_pad_rejects_padding_as_large_as_the_input() -> None:
+    message = r"reflection padding \(2, 2, 2, 2\) must be smaller than the input size 2x5"
+    with pytest.raises(ValueError, match=message):
+        reflection_pad(torch.zeros(1, 1, 2, 5), (2, 2, 2, 2))
+
+
+@pytest.mark.parametrize("upsample_mode", ["bilinear", "nearest"])
+@pytest.mark.parametrize("downsample_mode", ["stride", "lanczos2"])
+def test_whole_net_on_the_deterministic_path_matches_the_builtins(
+        monkeypatch: pytest.MonkeyPatch, upsample_mode: str, downsample_mode: str) -> None:
+    # The path is chosen per forward call; forcing it on CPU checks the whole net.
+    torch.manual_seed(0)
+    net = skip(4, 3, upsample_mode=upsample_mode, downsample_mode=downsample_mode, **TINY["skip"])
+    z = torch.rand(1, 4, 40, 24)
+
+    def run() -> tuple[torch.Tensor, list[torch.Tensor]]:
+        net.zero_grad()
+        out = net(z)
+        out.square().mean().backward()
+        return out.detach(), [p.grad.clone() for p in net.parameters()]
+
+    builtin_out, builtin_grads = run()
+    monkeypatch.setattr(layers, "is_deterministic", lambda x: True)
+    det_out, det_grads = run()
+    torch.testing.assert_close(det_out, builtin_out, rtol=0, atol=1e-6)
+    for a, b in zip(det_grads, builtin_grads):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)
+
+
+def test_cpu_keeps_the_builtins_in_deterministic_mode() -> None:
+    before = torch.are_deterministic_algorithms_enabled()
+    torch.use_deterministic_algorithms(True)
+    try:
+        assert not layers.is_deterministic(torch.zeros(1))
+        torch.manual_seed(0)
+        out = skip(4, 3, **TINY["skip"])(torch.rand(1, 4, 32, 32))
+    finally:
+        torch.use_deterministic_algorithms(before)
+    torch.manual_seed(0)
+    assert torch.equal(out, skip(4, 3, **TINY["skip"])(torch.rand(1, 4, 32, 32)))
+
+
+def test_deterministic_layers_keep_the_module_structure() -> None:
+    net = skip()
+    assert len(net.state_dict()) == len(list(net.parameters()))  # no buffers were added
+    pads = [m for m in net.modules() if isinstance(m, nn.ReflectionPad2d)]
+    ups = [m for m in net.modules() if isinstance(m, nn.Upsample)]
+    assert pads and ups and all(u.scale_factor == 2 and u.mode == "bilinear" for u in ups)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.parametrize("upsample_mode", ["bilinear", "nearest"])
+def test_seeded_cuda_runs_repeat_in_deterministic_mode(upsample_mode: str) -> None:
+    before = torch.are_deterministic_algorithms_enabled()
+    # Errors, rather than warnings, for any kernel left non-deterministic.
+    torch.use_deterministic_algorithms(True)
+    try:
+        results = []
+        for _ in range(2):
+            torch.manual_seed(0)
+            net = skip(4, 3, upsample_mode=upsample_mode, downsample_mode="lanczos2",
+                       **TINY["skip"]).cuda()
+            z = torch.rand(1, 4, 64, 48, device="cuda")
+            net(z).square().mean().backward()
+            results.append(torch.cat([p.grad.flatten() for p in net.parameters()]).cpu())
+    finally:
+        torch.use_deterministic_algorithms(before)
+    assert torch.equal(results[0], results[1])

@@ -13,14 +13,23 @@ import numpy as np
 import pytest
 import torch
 
-from dip_engine.physics import Denoising, Downsampling, Inpainting, Physics, bernoulli_mask, lanczos_kernel
-from dip_engine.problems import OPERATORS, make_physics
+from dip_engine.degradations import bernoulli_mask, gaussian_kernel
+from dip_engine.physics import Blur, Denoising, Downsampling, Inpainting, Physics, lanczos_kernel
+from dip_engine.problems import PROBLEMS, make_physics
 
 SIZE = 64
 
 
 def _mask(size: int = SIZE, seed: int = 0) -> torch.Tensor:
-    return bernoulli_mask(size, size, 0.5, generator=torch.Generator().manual_seed(seed))
+    return torch.from_numpy(bernoulli_mask(size, size, 0.5, rng=np.random.default_rng(seed)))
+
+
+def _motion_kernel() -> torch.Tensor:
+    # Asymmetric and even-sized: catches a kernel that is not flipped or is off-centre.
+    kernel = torch.zeros(4, 6)
+    kernel[1, :5] = torch.tensor([1.0, 2.0, 3.0, 1.0, 0.5])
+    kernel[2, 3] = 1.5
+    return kernel / kernel.sum()
 
 
 # id -> (task it implements, factory). Output images are SIZE x SIZE.
@@ -32,6 +41,9 @@ OPERATOR_CASES: dict[str, tuple[str, Callable[[], Physics]]] = {
     "superres-bilinear-x4": ("superres", lambda: Downsampling(4, kernel="bilinear")),
     "inpaint": ("inpaint", lambda: Inpainting(_mask())),
     "inpaint-registry": ("inpaint", lambda: make_physics("inpaint", mask=_mask(seed=1))),
+    "dejpeg-registry": ("dejpeg", lambda: make_physics("dejpeg")),
+    "deblur-gaussian": ("deblur", lambda: Blur(torch.from_numpy(gaussian_kernel(1.6)))),
+    "deblur-motion": ("deblur", lambda: make_physics("deblur", blur=_motion_kernel())),
 }
 
 
@@ -49,7 +61,7 @@ def _random(shape: tuple[int, ...], seed: int, dtype: torch.dtype = torch.float6
 
 
 def test_every_registered_task_is_covered() -> None:
-    assert set(OPERATORS) == {task for task, _ in OPERATOR_CASES.values()}
+    assert set(PROBLEMS) == {task for task, _ in OPERATOR_CASES.values()}
 
 
 # -- every operator --------------------------------------------------------------
@@ -236,12 +248,40 @@ def test_inpainting_refuses_a_non_2d_mask() -> None:
         Inpainting(torch.ones(1, 4, 4))
 
 
+# -- blur ---------------------------------------------------------------------------------
+
+
+def test_blur_is_a_true_convolution_centred_at_the_kernel_middle() -> None:
+    # An impulse at (r, c) comes out as the kernel itself with its centre at (r, c).
+    kernel = _motion_kernel()
+    x = torch.zeros(1, 1, 16, 16)
+    x[0, 0, 8, 8] = 1.0
+    y = Blur(kernel).A(x)[0, 0]
+    top, left = (kernel.shape[0] - 1) // 2, (kernel.shape[1] - 1) // 2
+    assert torch.allclose(y[8 - top:8 - top + 4, 8 - left:8 - left + 6], kernel, atol=1e-7)
+    assert float(y.sum()) == pytest.approx(1.0, abs=1e-6)
+
+
+def test_blur_matches_the_independent_numpy_convolution() -> None:
+    from dip_engine.degradations import convolve
+
+    kernel = _motion_kernel()
+    x = torch.rand(1, 3, 20, 24, generator=torch.Generator().manual_seed(0))
+    expected = convolve(x[0].permute(1, 2, 0).numpy(), kernel.numpy())
+    assert np.allclose(Blur(kernel).A(x)[0].permute(1, 2, 0).numpy(), expected, atol=1e-5)
+
+
+def test_blur_refuses_a_kernel_that_is_not_2d() -> None:
+    with pytest.raises(ValueError, match=r"\(1, 3, 3\)"):
+        Blur(torch.ones(1, 3, 3))
+
+
 # -- bernoulli_mask -----------------------------------------------------------------
 
 
 @pytest.mark.parametrize("p", [0.1, 0.5, 0.9])
 def test_bernoulli_mask_drops_about_p(p: float) -> None:
-    mask = bernoulli_mask(256, 256, p, generator=torch.Generator().manual_seed(3))
+    mask = torch.from_numpy(bernoulli_mask(256, 256, p, rng=np.random.default_rng(3)))
     assert mask.shape == (256, 256) and mask.dtype == torch.bool
     dropped = 1.0 - float(mask.float().mean())
     # 65536 draws: the binomial std is < 0.002.
@@ -250,11 +290,11 @@ def test_bernoulli_mask_drops_about_p(p: float) -> None:
 
 
 def test_bernoulli_mask_is_reproducible_with_a_seed() -> None:
-    def draw(seed: int) -> torch.Tensor:
-        return bernoulli_mask(64, 48, 0.5, generator=torch.Generator().manual_seed(seed))
+    def draw(seed: int) -> np.ndarray:
+        return bernoulli_mask(64, 48, 0.5, rng=np.random.default_rng(seed))
 
-    assert torch.equal(draw(7), draw(7))
-    assert not torch.equal(draw(7), draw(8))
+    assert np.array_equal(draw(7), draw(7))
+    assert not np.array_equal(draw(7), draw(8))
     assert draw(7).shape == (64, 48)
 
 
@@ -262,11 +302,11 @@ def test_bernoulli_mask_does_not_touch_the_global_rng() -> None:
     torch.manual_seed(123)
     expected = torch.rand(3)
     torch.manual_seed(123)
-    bernoulli_mask(16, 16, 0.5, generator=torch.Generator().manual_seed(0))
+    bernoulli_mask(16, 16, 0.5, rng=np.random.default_rng(0))
     assert torch.equal(torch.rand(3), expected)
 
 
 @pytest.mark.parametrize("p", [0.0, 1.0, -0.1, 1.5])
 def test_bernoulli_mask_refuses_fractions_outside_0_1(p: float) -> None:
     with pytest.raises(ValueError, match=f"got {p}"):
-        bernoulli_mask(8, 8, p, generator=torch.Generator())
+        bernoulli_mask(8, 8, p, rng=np.random.default_rng(0))

@@ -87,3 +87,17 @@ def test_does_not_import_pyplot() -> None:
     code = ("import sys; from dip_engine.plots import plot_curves; "
             "assert 'matplotlib.pyplot' not in sys.modules, 'pyplot imported'")
     subprocess.run([sys.executable, "-c", code], check=True, cwd=Path(__file__).parents[2])
+
+
+def test_the_es_variance_gets_a_panel_of_its_own(tmp_path: Path) -> None:
+    from PIL import Image
+
+    from dip_engine.history import LogRecord
+    from dip_engine.plots import plot_curves
+
+    plain = [LogRecord(iteration=i, loss=1.0 / i, psnr_degraded=20 + i / 100, elapsed_s=i) for i in range(10, 200, 10)]
+    with_variance = [LogRecord(**{**r.to_dict(), "variance": 1e-3 * (1 + ((r.iteration - 100) / 100) ** 2)})
+                     for r in plain]
+    a = Image.open(plot_curves(plain, tmp_path / "a.png"))
+    b = Image.open(plot_curves(with_variance, tmp_path / "b.png", early_stop_iteration=100))
+    assert b.height > a.height and b.width == a.width

@@ -9,14 +9,16 @@ from dip_engine.presets import default_iterations, preset_config, resolve
 from dip_engine.spec import PRESETS, SCALES, TASKS, RestoreSpec
 
 
-def test_paper_denoise() -> None:
+def test_paper_denoise_is_the_notebook() -> None:
     run = preset_config("paper", "denoise")
     assert (run.net.name, run.net.levels, run.net.channels, run.net.skip_channels) == ("skip", 5, 128, 4)
     assert run.net.upsample_mode == "bilinear" and run.net.input_channels == 32 and run.net.input_scale == 0.1
     fit = run.fit
     assert (fit.iterations, fit.lr, fit.reg_noise_std, fit.ema) == (3000, 0.01, pytest.approx(1 / 30), 0.99)
-    assert fit.backtrack_db == 5.0
-    assert fit.early_stop is not None and (fit.early_stop.window, fit.early_stop.patience) == (100, 1000)
+    # denoising.ipynb: exp_weight 0.99 seeded with the first output, its backtracking rule, the raw
+    # output net(z) at the end, no early stopping.
+    assert (fit.ema_start, fit.backtrack_db, fit.backtrack_rule) == ("first", 5.0, "reference")
+    assert fit.early_stop is None and fit.output == "raw" and fit.log_every == 100
 
 
 @pytest.mark.parametrize(("scale", "iterations", "noise"), [(2, 2000, 0.03), (4, 2000, 0.03), (8, 4000, 0.05)])
@@ -24,27 +26,43 @@ def test_paper_superres(scale: int, iterations: int, noise: float) -> None:
     run = preset_config("paper", "superres", scale=scale)
     assert (run.fit.iterations, run.fit.reg_noise_std) == (iterations, noise)
     assert run.downsample_kernel == "lanczos2" and run.net.skip_channels == 4
+    # super-resolution.ipynb has no averaging and no backtracking.
+    assert (run.fit.ema, run.fit.backtrack_db, run.fit.early_stop, run.fit.output) == (0.0, None, None, "raw")
 
 
 def test_paper_inpaint_holes_and_scattered_pixels() -> None:
-    holes = preset_config("paper", "inpaint")
-    assert (holes.net.skip_channels, holes.net.upsample_mode, holes.fit.iterations) == (128, "nearest", 6000)
-    scattered = preset_config("paper", "inpaint", scattered=True)
+    holes = preset_config("paper", "inpaint")  # inpainting.ipynb, kate.png
+    assert (holes.net.skip_channels, holes.net.upsample_mode, holes.fit.iterations) == (128, "nearest", 6001)
+    scattered = preset_config("paper", "inpaint", scattered=True)  # restoration.ipynb, barbara
     assert (scattered.net.skip_channels, scattered.net.upsample_mode) == (4, "bilinear")
-    # the faster default the issue asks for; the paper's 11000 at 0.001 stays one override away
-    assert (scattered.fit.iterations, scattered.fit.lr) == (4000, 0.01)
+    assert (scattered.fit.iterations, scattered.fit.lr, scattered.fit.reg_noise_std) == (11000, 0.001, 0.03)
+    assert scattered.fit.early_stop is None and scattered.fit.backtrack_db is None
+
+
+def test_paper_dejpeg_is_the_snail_set_up() -> None:
+    run = preset_config("paper", "dejpeg")
+    assert run.net.input_channels == 3 and run.net.upsample_mode == "bilinear"
+    assert run.net.level_channels() == ((8, 16, 32, 64, 128), (8, 16, 32, 64, 128), (0, 0, 0, 4, 4))
+    assert (run.fit.iterations, run.fit.reg_noise_std, run.fit.backtrack_rule) == (2400, pytest.approx(1 / 30), "reference")
+
+
+def test_quality_keeps_the_paper_nets_with_our_loop() -> None:
+    quality = preset_config("quality", "inpaint", scattered=True)
+    assert (quality.net.channels, quality.fit.iterations, quality.fit.lr) == (128, 4000, 0.01)
+    assert quality.fit.ema_start == "debiased" and quality.fit.backtrack_rule == "rollback"
+    assert quality.fit.early_stop is not None and quality.fit.output == "ema"
 
 
 @pytest.mark.parametrize("task", TASKS)
 @pytest.mark.parametrize("scattered", [False, True])
-def test_fast_is_smaller_shorter_and_stops_early(task: str, scattered: bool) -> None:
+def test_fast_is_no_larger_shorter_and_stops_early(task: str, scattered: bool) -> None:
     fast = preset_config("fast", task, scattered=scattered)
-    paper = preset_config("paper", task, scattered=scattered)
-    assert fast.net.channels < paper.net.channels
+    quality = preset_config("quality", task, scattered=scattered)
+    assert fast.net.level_channels()[0] <= quality.net.level_channels()[0]
     # A cap, not a budget: fast super-resolution keeps 3000 so that early stopping (not the
     # cap) ends the run; what makes it fast is the narrower net and the shorter patience.
-    assert fast.fit.iterations <= max(paper.fit.iterations, 3000)
-    assert fast.fit.early_stop is not None and fast.fit.early_stop.patience < paper.fit.early_stop.patience
+    assert fast.fit.iterations <= max(quality.fit.iterations, 3000)
+    assert fast.fit.early_stop is not None and fast.fit.early_stop.patience < quality.fit.early_stop.patience
 
 
 @pytest.mark.parametrize("preset", PRESETS)
@@ -63,13 +81,16 @@ def test_overrides_apply() -> None:
     assert resolve(RestoreSpec(task="denoise", iterations=3)).fit.log_every == 1
     assert resolve(RestoreSpec(task="denoise", iterations=100, log_every=7)).fit.log_every == 7
     assert resolve(RestoreSpec(task="denoise", early_stop="auto")).fit.early_stop is not None
+    # "auto" turns the paper's ES-WMV on for the paper preset, which runs without it.
+    assert resolve(RestoreSpec(task="denoise", preset="paper", early_stop="auto")).fit.early_stop is not None
     # Unset fields keep the preset's values.
     assert resolve(RestoreSpec(task="denoise", preset="paper")) == preset_config("paper", "denoise")
 
 
 def test_default_iterations_follow_the_preset_and_the_request() -> None:
     assert default_iterations(RestoreSpec(task="denoise", preset="paper")) == 3000
-    assert default_iterations(RestoreSpec(task="inpaint", preset="paper", drop_fraction=0.5)) == 4000
+    assert default_iterations(RestoreSpec(task="inpaint", preset="quality", drop_fraction=0.5)) == 4000
+    assert default_iterations(RestoreSpec(task="inpaint", preset="paper", drop_fraction=0.5)) == 11000
     assert default_iterations(RestoreSpec(task="superres", iterations=42)) == 42
 
 
@@ -84,8 +105,21 @@ def test_overrides_set_any_field_by_dotted_path() -> None:
     run = apply_overrides(preset_config("fast", "denoise"),
                           {"fit.lr": "0.005", "net.channels": "96", "fit.early_stop.patience": 300, "fit.snapshot_every": "none"})
     assert (run.fit.lr, run.net.channels, run.fit.early_stop.patience, run.fit.snapshot_every) == (0.005, 96, 300, None)
-    paper = apply_overrides(preset_config("paper", "inpaint", scattered=True), {"fit.iterations": "11000", "fit.lr": "0.001"})
-    assert (paper.fit.iterations, paper.fit.lr) == (11000, 0.001)
+    quality = apply_overrides(preset_config("quality", "inpaint", scattered=True), {"fit.iterations": "11000", "fit.lr": "0.001"})
+    assert (quality.fit.iterations, quality.fit.lr) == (11000, 0.001)
+
+
+def test_overrides_reproduce_the_library_set_up() -> None:
+    from dip_engine.presets import apply_overrides, preset_config
+
+    # inpainting.ipynb, library.png (skip_depth6), through --set.
+    run = apply_overrides(preset_config("paper", "inpaint"), {
+        "net.channels_down": "16,32,64,128,128,128", "net.channels_up": "16,32,64,128,128,128",
+        "net.channels_skip": "0,0,0,0,0,0", "net.kernel_down": "5", "net.need1x1_up": "false",
+        "net.input_channels": "1", "fit.reg_noise_std": "0", "fit.iterations": "3001"})
+    assert run.net.depth == 6 and run.net.size_multiple == 64
+    assert run.net.level_channels()[2] == (0,) * 6 and run.net.kernel_down == 5 and not run.net.need1x1_up
+    assert run.fit.reg_noise_std == 0.0 and run.fit.iterations == 3001
 
 
 @pytest.mark.parametrize(("path", "value", "message"), [
@@ -93,6 +127,10 @@ def test_overrides_set_any_field_by_dotted_path() -> None:
     ("fit.lr", "fast", "fit.lr needs a float"),
     ("fit.lr", "-1", "lr must be > 0"),
     ("net.channels", "1.5", "net.channels needs a int"),
+    ("net.channels_down", "8,x", "comma-separated list of ints"),
+    ("net.kernel_down", "4", "must be an odd int"),
+    ("net.activation", "tanh", "activation must be one of"),
+    ("fit.backtrack_rule", "sometimes", "backtrack_rule must be"),
 ])
 def test_overrides_reject_bad_paths_and_values(path: str, value: str, message: str) -> None:
     from dip_engine.presets import apply_overrides, preset_config

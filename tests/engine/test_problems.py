@@ -35,8 +35,8 @@ def test_make_physics_builds_each_task_operator() -> None:
     down = make_physics("superres", scale=8, kernel="bilinear")
     assert isinstance(down, Downsampling) and down.factor == 8 and down.kernel_name == "bilinear"
     assert isinstance(make_physics("inpaint", mask=torch.ones(4, 4, dtype=torch.bool)), Inpainting)
-    with pytest.raises(ValueError, match="'deblur'"):
-        make_physics("deblur")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="'colorize'"):
+        make_physics("colorize")
 
 
 def test_denoise_with_added_noise_is_seeded_and_makes_the_input_the_reference(clean: Path) -> None:
@@ -127,3 +127,76 @@ def test_scattered_mask_tells_random_pixels_from_blobs() -> None:
     assert not _measurement(text).scattered_mask
     assert not _measurement(np.ones((64, 64), bool)).scattered_mask  # nothing missing
     assert not _measurement(None).scattered_mask
+
+
+# -- the table -----------------------------------------------------------------------------------
+
+
+def test_the_table_has_every_task_and_every_preset() -> None:
+    from dip_engine.problems import PROBLEMS
+    from dip_engine.spec import PRESETS, TASKS
+
+    assert tuple(PROBLEMS) == TASKS
+    for name, problem in PROBLEMS.items():
+        assert problem.name == name and set(problem.presets) == set(PRESETS)
+        assert problem.result_name(RestoreSpec(task=name)).startswith("dip_")  # type: ignore[arg-type]
+    assert PROBLEMS["dejpeg"].result_name(RestoreSpec(task="dejpeg")) == "dip_dejpeg.png"
+    assert PROBLEMS["deblur"].result_name(RestoreSpec(task="deblur")) == "dip_deblurred.png"
+    assert PROBLEMS["superres"].curves_name(RestoreSpec(task="superres", scale=8)) == "dip_superres_x8_curves.png"
+
+
+def test_an_unknown_task_is_an_error_everywhere() -> None:
+    from dip_engine.presets import preset_config
+    from dip_engine.problems import get_problem
+
+    for call in (lambda: get_problem("colorize"), lambda: preset_config("fast", "colorize"),  # type: ignore[arg-type]
+                 lambda: make_physics("colorize")):
+        with pytest.raises(InputError, match="task must be one of denoise, superres, inpaint, dejpeg, deblur"):
+            call()
+
+
+def test_dejpeg_compresses_a_clean_input_when_asked(clean: Path) -> None:
+    plain = build_measurement(RestoreSpec(task="dejpeg"), clean)
+    assert plain.reference is None and np.array_equal(plain.y, plain.baseline)
+    synthetic = build_measurement(RestoreSpec(task="dejpeg", jpeg_quality=10), clean)
+    assert synthetic.reference is not None and np.abs(synthetic.y - synthetic.reference).mean() > 0.005
+
+
+def test_deblur_from_a_gaussian_or_a_kernel_image(clean: Path, tmp_path: Path) -> None:
+    gaussian = build_measurement(RestoreSpec(task="deblur", blur_sigma=1.6), clean)
+    assert gaussian.kernel is not None and gaussian.kernel.shape == (11, 11) and gaussian.reference is None
+    kernel = np.zeros((3, 5), np.uint8)
+    kernel[1] = 255
+    path = tmp_path / "kernel.png"
+    Image.fromarray(kernel).save(path)
+    uploaded = build_measurement(RestoreSpec(task="deblur"), clean, kernel=path)
+    assert np.allclose(uploaded.kernel, np.where(kernel > 0, 0.2, 0.0))
+    sharp = build_measurement(RestoreSpec(task="deblur", blur_sigma=1.6, from_sharp=True, add_noise_sigma=2.55), clean)
+    assert sharp.reference is not None
+    from dip_engine.degradations import convolve
+
+    residual = sharp.y - convolve(sharp.reference, sharp.kernel)
+    assert float(residual.std()) == pytest.approx(2.55 / 255, rel=0.15)  # the 1% noise added after the blur
+
+
+@pytest.mark.parametrize(("spec", "files", "code"), [
+    (RestoreSpec(task="deblur"), {}, "kernel_required"),
+    (RestoreSpec(task="deblur", blur_sigma=1.0), {"kernel"}, "invalid_parameter"),
+    (RestoreSpec(task="deblur", blur_sigma=1.0, add_noise_sigma=5.0), {}, "invalid_parameter"),
+    (RestoreSpec(task="denoise"), {"kernel"}, "kernel_not_allowed"),
+    (RestoreSpec(task="dejpeg"), {"mask"}, "mask_not_allowed"),
+])
+def test_inconsistent_uploads_are_refused(spec: RestoreSpec, files: set[str], code: str, clean: Path,
+                                          tmp_path: Path) -> None:
+    kernel = tmp_path / "k.png"
+    Image.fromarray(np.full((3, 3), 255, np.uint8)).save(kernel)
+    paths = {name: (kernel if name == "kernel" else _mask_file(tmp_path / "m.png", np.ones((48, 64), bool)))
+             for name in files}
+    with pytest.raises(InputError) as caught:
+        build_measurement(spec, clean, **paths)
+    assert caught.value.code == code
+
+
+def test_superres_baseline_is_bicubic(clean: Path) -> None:
+    m = build_measurement(RestoreSpec(task="superres", scale=2), clean)
+    assert m.baseline is not None and m.baseline.shape == (96, 128, 3)

@@ -17,7 +17,8 @@ from PIL import Image
 from dip_engine.callbacks import Callback, FitState
 from dip_engine.errors import InputError
 from dip_engine.restore import CHECKPOINT_NAME, RestoreInputs, restore
-from dip_engine.spec import RestoreSpec, result_filename
+from dip_engine.problems import get_problem
+from dip_engine.spec import RestoreSpec
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -82,7 +83,7 @@ def test_odd_size_for_the_other_tasks(task: str, changes: dict, out_size: tuple[
     source = _save(tmp_path / "in.png", make_image(97, 61), "RGBA")
     result = restore(_spec(task, iterations=2, **changes), RestoreInputs(source), tmp_path / "out")
     image = _open(result.files["result"])
-    assert result.files["result"].name == result_filename(task, changes.get("scale", 4))
+    assert result.files["result"].name == get_problem(task).result_name(_spec(task, **changes))
     assert image.size == out_size and image.mode == "RGBA"
     if task == "inpaint":
         np.testing.assert_array_equal(np.asarray(image)[..., 3], _alpha(97, 61))
@@ -148,7 +149,17 @@ def test_superres_from_hr_scores_against_the_hr_input(tmp_path: Path, make_image
     assert _open(result.files["result"]).size == (64, 64)
     assert _open(result.files["degraded"]).size == (16, 16)
     summary = result.metrics["summary"]
-    assert summary["psnr_output"] is not None and summary["psnr_input"] is None
+    # psnr_input is the bicubic baseline; the Y-channel numbers are the paper's protocol (4 px border).
+    from dip_engine.io import load_image, resize_image
+    from dip_engine.metrics import psnr, psnr_y
+
+    hr = torch.from_numpy(load_image(source).pixels).permute(2, 0, 1)[None]
+    degraded = load_image(result.files["degraded"]).pixels
+    bicubic = torch.from_numpy(resize_image(degraded, size=(64, 64), method="bicubic")).permute(2, 0, 1)[None]
+    assert summary["psnr_input"] == pytest.approx(float(psnr(bicubic, hr)), abs=0.1)  # degraded.png is 8-bit
+    assert summary["psnr_y_input"] == pytest.approx(float(psnr_y(bicubic, hr, shave=4)), abs=0.1)
+    assert summary["psnr_output"] is not None and summary["psnr_y_output"] is not None
+    assert summary["psnr_y_output"] != summary["psnr_output"]
 
 
 def test_scattered_masks_pick_the_random_pixel_preset(tmp_path: Path, make_image: ImageMaker) -> None:

@@ -44,7 +44,7 @@ def test_valid_specs_pass(spec):
 @pytest.mark.parametrize(
     ("changes", "fragment"),
     [
-        ({"task": "deblur"}, "task must be one of denoise, superres, inpaint, got 'deblur'"),
+        ({"task": "colorize"}, "task must be one of denoise, superres, inpaint, dejpeg, deblur, got 'colorize'"),
         ({"scale": 3}, "scale must be one of 2, 4, 8, got 3"),
         ({"scale": True}, "got True"),
         ({"iterations": 0}, "iterations must be in 1..20000, got 0"),
@@ -57,7 +57,7 @@ def test_valid_specs_pass(spec):
         ({"add_noise_sigma": float("nan")}, "got nan"),
         ({"drop_fraction": 0.5}, "drop_fraction is only for inpaint, not denoise"),
         ({"from_hr": True}, "from_hr is only for superres, not denoise"),
-        ({"preset": "slow"}, "preset must be one of fast, paper, got 'slow'"),
+        ({"preset": "slow"}, "preset must be one of fast, quality, paper, got 'slow'"),
         ({"early_stop": "maybe"}, "got 'maybe'"),
         ({"device": "tpu"}, "device must be one of auto, cpu, cuda, got 'tpu'"),
         ({"seed": -1}, "seed must be an int"),
@@ -73,7 +73,12 @@ def test_bad_denoise_fields(changes, fragment):
     [
         (RestoreSpec(task="inpaint", drop_fraction=0.0), "drop_fraction must be in (0, 1), got 0.0"),
         (RestoreSpec(task="inpaint", drop_fraction=1.0), "got 1.0"),
-        (RestoreSpec(task="inpaint", add_noise_sigma=10), "add_noise_sigma is only for denoise, not inpaint"),
+        (RestoreSpec(task="inpaint", add_noise_sigma=10), "add_noise_sigma is only for denoise, deblur, not inpaint"),
+            (RestoreSpec(task="denoise", blur_sigma=1.5), "blur_sigma is only for deblur, not denoise"),
+            (RestoreSpec(task="deblur", jpeg_quality=10), "jpeg_quality is only for dejpeg, not deblur"),
+            (RestoreSpec(task="denoise", scale=2), "scale is only for superres, not denoise"),
+            (RestoreSpec(task="deblur", blur_sigma=0.0), "blur_sigma must be in (0, 20]"),
+            (RestoreSpec(task="dejpeg", jpeg_quality=100), "jpeg_quality must be an int in 1..95"),
         (RestoreSpec(task="superres", add_noise_sigma=10), "not superres"),
         (RestoreSpec(task="inpaint", from_hr=True), "from_hr is only for superres, not inpaint"),
     ],

@@ -65,6 +65,19 @@ def _bad_inputs(pictures: Any) -> dict[str, tuple[dict[str, bytes], dict[str, An
                 "invalid_parameter", "add_noise_sigma"),
         "too large": ({"image": b"\x89PNG" + bytes(MAX_UPLOAD_BYTES)}, {"task": "denoise"}, 413,
                       "upload_too_large", str(MAX_UPLOAD_BYTES)),
+        "deblur without kernel": ({"image": image}, {"task": "deblur"}, 422, "kernel_required", "blur_sigma"),
+        "kernel larger than the image": ({"image": image, "kernel": pictures.png(np.full((65, 65), 255, np.uint8))},
+                                         {"task": "deblur"}, 422, "kernel_too_large", "65x65"),
+        "colour kernel": ({"image": image, "kernel": pictures.png(pictures.smooth(5))}, {"task": "deblur"}, 422,
+                          "invalid_kernel", "2-D"),
+        "black kernel": ({"image": image, "kernel": pictures.png(np.zeros((5, 5), np.uint8))}, {"task": "deblur"},
+                         422, "invalid_kernel", "black"),
+        "kernel for denoise": ({"image": image, "kernel": pictures.png(np.full((3, 3), 255, np.uint8))},
+                               {"task": "denoise"}, 422, "kernel_not_allowed", "deblur"),
+        "kernel and blur_sigma": ({"image": image, "kernel": pictures.png(np.full((3, 3), 255, np.uint8))},
+                                  {"task": "deblur", "blur_sigma": 1.5}, 422, "invalid_parameter", "both"),
+        "jpeg quality 0": ({"image": image}, {"task": "dejpeg", "jpeg_quality": 0}, 422, "invalid_parameter",
+                           "jpeg_quality"),
     }
 
 
@@ -72,7 +85,8 @@ def _bad_inputs(pictures: Any) -> dict[str, tuple[dict[str, bytes], dict[str, An
     "not an image", "empty file", "truncated png", "too small", "mask of the wrong size", "mask for denoise",
     "inpaint without mask", "corrupt mask", "scale 3", "iterations 0", "iterations over the cap",
     "unknown field", "unknown task", "no task", "no image", "option of another task", "not a number", "nan",
-    "too large",
+    "too large", "deblur without kernel", "kernel larger than the image", "colour kernel", "black kernel",
+    "kernel for denoise", "kernel and blur_sigma", "jpeg quality 0",
 ])
 def test_bad_input_is_refused_and_leaves_nothing_behind(idle_service: Any, pictures: Any, case: str) -> None:
     files, params, status, code, word = _bad_inputs(pictures)[case]

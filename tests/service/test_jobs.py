@@ -87,6 +87,45 @@ def test_inpaint_with_mask_file(service: Any, pictures: Any) -> None:
     assert service.fetch(job["inputs"]["mask"]).content == pictures.png(mask)
 
 
+def test_dejpeg_of_an_uploaded_jpeg(service: Any, pictures: Any) -> None:
+    import io
+
+    from PIL import Image
+
+    clean = pictures.smooth(64, seed=4)
+    buffer = io.BytesIO()
+    Image.fromarray(clean).save(buffer, format="JPEG", quality=15)
+    submitted = service.submit_ok({"image": buffer.getvalue(), "reference": pictures.png(clean)}, task="dejpeg", **FAST)
+    seen = _follow(service, submitted["id"])
+    job = service.job(submitted["id"])
+
+    _check_run(service, job, seen, size=(64, 64), iterations=40, log_every=5, pictures=pictures)
+    assert job["outputs"]["result"].endswith("/files/result.png") and job["metrics"]["psnr_output"] is not None
+    assert service.fetch(job["inputs"]["image"]).content == buffer.getvalue()
+
+
+def test_deblur_with_an_uploaded_kernel(service: Any, pictures: Any) -> None:
+    clean = pictures.smooth(64, seed=5)
+    kernel = np.zeros((5, 5), np.uint8)
+    kernel[2, :] = 255  # a horizontal motion blur
+    submitted = service.submit_ok({"image": pictures.png(clean), "kernel": pictures.png(kernel)}, task="deblur", **FAST)
+    seen = _follow(service, submitted["id"])
+    job = service.job(submitted["id"])
+
+    _check_run(service, job, seen, size=(64, 64), iterations=40, log_every=5, pictures=pictures)
+    assert job["inputs"]["kernel"].endswith("/files/kernel.png")
+    assert service.fetch(job["inputs"]["kernel"]).content == pictures.png(kernel)
+
+
+def test_deblur_with_a_gaussian_made_from_a_sharp_image(service: Any, pictures: Any) -> None:
+    submitted = service.submit_ok({"image": pictures.png(pictures.smooth(64, seed=6))}, task="deblur",
+                                  blur_sigma=1.6, from_sharp=True, add_noise_sigma=2.55, **FAST)
+    assert submitted["params"]["blur_sigma"] == 1.6 and submitted["params"]["from_sharp"] is True
+    job = service.wait_finished(submitted["id"])
+    assert job["status"] == "succeeded", job["error"]
+    assert job["metrics"]["psnr_output"] is not None and job["outputs"]["degraded"] is not None
+
+
 def test_job_without_reference_has_no_psnr(service: Any, pictures: Any) -> None:
     submitted = service.submit_ok({"image": pictures.png(pictures.smooth(64, seed=3))}, task="denoise",
                                   preset="fast", iterations=10, log_every=5)
