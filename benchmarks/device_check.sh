@@ -22,6 +22,10 @@ if [ "$QUICK" = 1 ]; then ITERS="--iterations 20"; SIZES="64"; IMAGES=1; else IT
 echo "== throughput"
 $PY benchmarks/throughput.py --device "$DEVICE" --sizes $SIZES --iterations 50 2>&1 | tee "$OUT/throughput.md"
 
+echo "== deterministic mode: two seeded runs per mode, compared bit for bit, and its cost"
+$PY benchmarks/determinism.py --device "$DEVICE" --size $([ "$QUICK" = 1 ] && echo 64 || echo 256) \
+  --iterations $([ "$QUICK" = 1 ] && echo 20 || echo 500) 2>&1 | tee "$OUT/determinism.md"
+
 echo "== fast preset sweep on 96 px crops (what the CPU runs), sigma=25, 5 images"
 for variant in "" "--set net.channels=128" "--set fit.ema=0.995" "--set fit.early_stop.min_delta=0.3 --set fit.early_stop.patience=300"; do
   $PY benchmarks/quality.py --device "$DEVICE" --data "$DATA" --tasks denoise --images $([ "$QUICK" = 1 ] && echo 1 || echo 5) $ITERS $variant 2>/dev/null | grep "^mean" | tee -a "$OUT/sweep.md"
