@@ -105,12 +105,21 @@ class EarlyStopConfig:
     only when it undercuts the previous one by that relative margin (0: the
     paper); on the averaged outputs, whose variance keeps creeping down after
     the PSNR peak, a margin turns the detector into a knee detector.
+
+    ``noise_gate`` (the discrepancy principle; ``None``: off) keeps the detector
+    shut until the fit has reached the measurement's noise: until the loss per
+    measured entry is at most ``noise_gate * sigma^2``, with ``sigma`` estimated
+    from the measurement (:mod:`dip_engine.noise`). Minima seen before that do
+    not count. A noise-free measurement (inpainting's known pixels, a clean
+    low-resolution image) then runs until it is fitted to its own fine-texture
+    level instead of stopping while the fit still improves.
     """
 
     window: int = 100
     patience: int = 1000
     signal: OutputKind = "raw"
     min_delta: float = 0.0
+    noise_gate: float | None = None
 
     def __post_init__(self) -> None:
         if self.signal not in ("raw", "ema"):
@@ -121,6 +130,8 @@ class EarlyStopConfig:
             raise ValueError(f"EarlyStopConfig.window must be >= 2, got {self.window}")
         if self.patience < 1:
             raise ValueError(f"EarlyStopConfig.patience must be >= 1, got {self.patience}")
+        if self.noise_gate is not None and not self.noise_gate > 0:
+            raise ValueError(f"EarlyStopConfig.noise_gate must be > 0 or None, got {self.noise_gate}")
 
 
 @dataclass(frozen=True)

@@ -86,8 +86,13 @@ class EarlyStopping:
     synthetic curves).
     """
 
-    def __init__(self, config: EarlyStopConfig) -> None:
+    def __init__(self, config: EarlyStopConfig, *, noise_sigma: float | None = None) -> None:
         self.config = config
+        # The loss per measured entry below which the detector may act (the noise gate).
+        self.fit_target = (None if config.noise_gate is None or noise_sigma is None
+                           else config.noise_gate * noise_sigma**2)
+        self.gate_open = self.fit_target is None
+        self.gate_opened_at: int | None = None
         self.variance = WindowedVariance(config.window)
         self._best_var: Tensor | None = None
         self._best_iter: Tensor | None = None
@@ -122,9 +127,21 @@ class EarlyStopping:
     def detected_iteration(self) -> int | None:
         return None if self._best_iter is None else int(self._best_iter)
 
+    def observe_fit(self, iteration: int, fit_mse: float, candidate: Tensor) -> None:
+        """Report the loss per measured entry (at log points). Once it reaches the target the
+        noise gate opens: the minima seen before are forgotten and ``candidate`` (the
+        current output) is where the search starts again."""
+        if self.gate_open or self.fit_target is None or not fit_mse <= self.fit_target:
+            return
+        self.gate_open, self.gate_opened_at = True, iteration
+        if self.last_variance is not None and self._best_var is not None:
+            self._best_var = self.last_variance.clone()
+            self._best_iter = torch.full((), iteration, dtype=torch.long, device=self._best_var.device)
+            self.candidate = candidate.detach().clone()
+
     def should_stop(self, iteration: int) -> bool:
         detected = self.detected_iteration
-        return detected is not None and iteration - detected >= self.config.patience
+        return self.gate_open and detected is not None and iteration - detected >= self.config.patience
 
     def state_dict(self) -> dict[str, Any]:
         return {
@@ -133,9 +150,13 @@ class EarlyStopping:
             "best_iter": self._best_iter,
             "candidate": self.candidate,
             "last_variance": self.last_variance,
+            "gate_open": self.gate_open,
+            "gate_opened_at": self.gate_opened_at,
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.variance.load_state_dict(state["variance"])
         self._best_var, self._best_iter = state["best_var"], state["best_iter"]
         self.candidate, self.last_variance = state["candidate"], state["last_variance"]
+        self.gate_open = state.get("gate_open", self.fit_target is None)
+        self.gate_opened_at = state.get("gate_opened_at")

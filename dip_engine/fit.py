@@ -167,6 +167,7 @@ def fit(
     checkpoint: CheckpointConfig | None = None,
     snapshot: SnapshotWriter | None = None,
     generator: torch.Generator | None = None,
+    noise_sigma: float | None = None,
 ) -> FitResult:
     """Fit ``net`` so that ``physics.A(net(z))`` matches ``y``.
 
@@ -182,6 +183,7 @@ def fit(
         checkpoint: where and how often to save the resumable state.
         snapshot: called with (iteration, output) every ``config.snapshot_every``; returns the file written.
         generator: random source of the input jitter (on z's device), for reproducibility.
+        noise_sigma: the measurement's estimated noise level, for the early-stopping noise gate.
 
     Returns:
         A :class:`FitResult`.
@@ -194,7 +196,7 @@ def fit(
         generator.manual_seed(0)
 
     optimizer = torch.optim.Adam(net.parameters(), lr=config.lr)
-    early = EarlyStopping(config.early_stop) if config.early_stop is not None else None
+    early = EarlyStopping(config.early_stop, noise_sigma=noise_sigma) if config.early_stop is not None else None
     backtracker = (_Backtracker(config.backtrack_db, config.backtrack_rule)
                    if config.backtrack_db is not None else None)
     best = _BestTracker()
@@ -321,6 +323,7 @@ def fit(
             state.last, state.elapsed_s = record, record.elapsed_s
             state.best_iteration, state.best_psnr = best.iteration, best.psnr
             if early is not None:
+                early.observe_fit(iteration, record.loss / measured, selected(raw, avg))
                 state.early_stop_iteration = early.detected_iteration
                 if early.should_stop(iteration):
                     state.request_stop("early_stop")

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from . import degradations
-from .config import FitConfig, RunConfig
+from .config import FitConfig, NetConfig, RunConfig
 from .errors import InputError
 from .io import LoadedImage, load_image, load_kernel, load_mask, resize_image
 from .presets import FAST_NET, FAST_STOP, HOLES_NET, HOURGLASS, PAPER_STOP, SNAIL_NET, paper_fit
@@ -163,14 +163,22 @@ def _denoise_measure(spec: RestoreSpec, loaded: LoadedImage, files: TaskFiles) -
     return Measurement(y=y, output_size=pixels.shape[:2], reference=reference, alpha=loaded.alpha, degraded=y, baseline=y)
 
 
-_DENOISE_PRESETS: Mapping[str, PresetFn] = {
-    # A longer average (0.995) measured +0.09 dB at the early-stop iterate on 96 px crops (docs/benchmarks.md).
-    "fast": lambda spec, _: RunConfig(FAST_NET, FitConfig(iterations=2400, reg_noise_std=1 / 30, ema=0.995,
-                                                          log_every=25, early_stop=FAST_STOP)),
-    "quality": lambda spec, _: RunConfig(HOURGLASS, FitConfig(iterations=3000, reg_noise_std=1 / 30, early_stop=PAPER_STOP)),
-    "paper": lambda spec, _: RunConfig(HOURGLASS, paper_fit(iterations=3000, reg_noise_std=1 / 30,
-                                                            averaged=True, backtracking=True)),
-}
+def _denoising_loop(*, fast_net: NetConfig, full_net: NetConfig, iterations: int, fast_iterations: int,
+                    fast_ema: float = 0.995) -> Mapping[str, PresetFn]:
+    """The presets of the denoising notebook's loop (jitter 1/30, averaging, backtracking) on
+    given nets: denoising, JPEG artefacts and deblurring differ only in these arguments."""
+    return {
+        "fast": lambda spec, _: RunConfig(fast_net, FitConfig(iterations=fast_iterations, reg_noise_std=1 / 30,
+                                                              ema=fast_ema, log_every=25, early_stop=FAST_STOP)),
+        "quality": lambda spec, _: RunConfig(full_net, FitConfig(iterations=iterations, reg_noise_std=1 / 30,
+                                                                 early_stop=PAPER_STOP)),
+        "paper": lambda spec, _: RunConfig(full_net, paper_fit(iterations=iterations, reg_noise_std=1 / 30,
+                                                               averaged=True, backtracking=True)),
+    }
+
+
+# A longer average (0.995) measured +0.09 dB at the early-stop iterate on 96 px crops (docs/benchmarks.md).
+_DENOISE_PRESETS = _denoising_loop(fast_net=FAST_NET, full_net=HOURGLASS, iterations=3000, fast_iterations=2400)
 
 
 # -- super-resolution -----------------------------------------------------------------
@@ -289,14 +297,8 @@ def _dejpeg_measure(spec: RestoreSpec, loaded: LoadedImage, files: TaskFiles) ->
     return Measurement(y=y, output_size=pixels.shape[:2], reference=reference, alpha=loaded.alpha, degraded=y, baseline=y)
 
 
-_DEJPEG_PRESETS: Mapping[str, PresetFn] = {
-    "fast": lambda spec, _: RunConfig(SNAIL_NET, FitConfig(iterations=2400, reg_noise_std=1 / 30, ema=0.995,
-                                                           log_every=25, early_stop=FAST_STOP)),
-    "quality": lambda spec, _: RunConfig(SNAIL_NET, FitConfig(iterations=2400, reg_noise_std=1 / 30, early_stop=PAPER_STOP)),
-    # denoising.ipynb with snail.jpg: the same loop as denoising, on the snail net, 2400 iterations.
-    "paper": lambda spec, _: RunConfig(SNAIL_NET, paper_fit(iterations=2400, reg_noise_std=1 / 30,
-                                                            averaged=True, backtracking=True)),
-}
+# denoising.ipynb with snail.jpg: the same loop as denoising, on the snail net, 2400 iterations.
+_DEJPEG_PRESETS = _denoising_loop(fast_net=SNAIL_NET, full_net=SNAIL_NET, iterations=2400, fast_iterations=2400)
 
 
 # -- deblurring ----------------------------------------------------------------------------------
@@ -338,14 +340,9 @@ def _deblur_measure(spec: RestoreSpec, loaded: LoadedImage, files: TaskFiles) ->
                        degraded=y, baseline=y)
 
 
-_DEBLUR_PRESETS: Mapping[str, PresetFn] = {
-    "fast": lambda spec, _: RunConfig(FAST_NET, FitConfig(iterations=3000, reg_noise_std=1 / 30, log_every=25,
-                                                          early_stop=FAST_STOP)),
-    "quality": lambda spec, _: RunConfig(HOURGLASS, FitConfig(iterations=3000, reg_noise_std=1 / 30, early_stop=PAPER_STOP)),
-    # Not in the paper: its denoising protocol, with the blur in the loss.
-    "paper": lambda spec, _: RunConfig(HOURGLASS, paper_fit(iterations=3000, reg_noise_std=1 / 30,
-                                                            averaged=True, backtracking=True)),
-}
+# Not in the paper: its denoising protocol, with the blur in the loss.
+_DEBLUR_PRESETS = _denoising_loop(fast_net=FAST_NET, full_net=HOURGLASS, iterations=3000, fast_iterations=3000,
+                                  fast_ema=0.99)
 
 
 # -- the table --------------------------------------------------------------------------------

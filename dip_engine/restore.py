@@ -29,6 +29,7 @@ from .fit import CheckpointConfig, FitResult, fit
 from .io import pad_to_multiple, save_image
 from .metrics import psnr, psnr_y, ssim
 from .nets import build_from_config
+from .noise import estimate_noise_sigma
 from .plots import plot_curves
 from .presets import apply_overrides, resolve
 from .problems import Measurement, OperatorData, build_measurement, get_problem
@@ -219,13 +220,15 @@ def _run(
     def snapshot(iteration: int, output: Tensor) -> Path:
         return save_image(out_dir / "snapshots" / f"iter_{iteration:05d}.png", _to_array(output), alpha=measurement.alpha)
 
+    noise_sigma = estimate_noise_sigma(measurement.y, known=measurement.mask)
     started = time.monotonic()
     fitted = fit(
         net, z, _to_tensor(y, device), physics,
         config=run.fit, reference=reference, crop=(height, width), callbacks=callbacks,
-        checkpoint=checkpoint, snapshot=snapshot, generator=jitter,
+        checkpoint=checkpoint, snapshot=snapshot, generator=jitter, noise_sigma=noise_sigma,
     )
     setup = {
+        "noise_sigma_estimate": noise_sigma,
         "device": str(device),
         "parameters": sum(p.numel() for p in net.parameters()),
         "wall_s": time.monotonic() - started,
@@ -290,6 +293,7 @@ def _write_outputs(
         "ssim_output": None if reference is None else float(ssim(fitted.output, reference)),
         "detection_gap_db": None if fitted.best_psnr is None or psnr_output is None else fitted.best_psnr - psnr_output,
         "backtracks": fitted.backtracks,
+        "noise_sigma_estimate": setup["noise_sigma_estimate"],
         "elapsed_s": round(run_s, 3),
         "iterations_per_second": round(fitted.iterations / run_s, 3) if run_s > 0 else None,
     }

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import math
 
 import numpy as np
 import pytest
@@ -229,3 +230,59 @@ def test_early_stopping_state_dict_round_trip() -> None:
     assert _feed(a, curve[60:], first=61) == _feed(b, curve[60:], first=61) == 130
     assert a.detected_iteration == b.detected_iteration == 80
     assert torch.equal(a.candidate, b.candidate)
+
+
+# -- the noise gate (discrepancy principle) -------------------------------------------------------
+
+
+def _improving_run(detector: EarlyStopping, *, iterations: int = 3000, log_every: int = 25) -> tuple[int | None, float]:
+    """A synthetic run built for this: a noise-free measurement ``y = clean`` that the averaged
+    output approaches slowly (its error decays as exp(-t / 1000)), with a constant jitter in the
+    raw outputs. Its averaged-output PSNR keeps rising by over 1 dB per 200 iterations.
+
+    Returns where the detector stopped (``None``: never) and how much the averaged output's PSNR
+    rose over the 200 iterations before that."""
+    generator = torch.Generator().manual_seed(0)
+    ys, xs = torch.meshgrid(torch.linspace(0, 1, 32), torch.linspace(0, 1, 32), indexing="ij")
+    clean = torch.stack([0.3 + 0.4 * xs, 0.5 + 0.2 * ys, 0.4 + 0.3 * xs * ys])[None]
+    pattern = torch.randn(clean.shape, generator=generator)
+    avg_sum, psnr_at = torch.zeros_like(clean), {}
+    for t in range(1, iterations + 1):
+        raw = clean + 0.2 * math.exp(-t / 1000) * pattern + 0.01 * torch.randn(clean.shape, generator=generator)
+        avg_sum.mul_(0.995).add_(raw, alpha=0.005)
+        avg = avg_sum / (1 - 0.995**t)
+        psnr_at[t] = float(-10 * torch.log10(((avg - clean) ** 2).mean()))
+        detector.update(t, avg, avg)
+        if t % log_every == 0:
+            detector.observe_fit(t, float(((raw - clean) ** 2).mean()), avg)
+            if detector.should_stop(t):
+                return t, psnr_at[t] - psnr_at[max(1, t - 200)]
+    return None, psnr_at[iterations] - psnr_at[iterations - 200]
+
+
+def test_the_plain_detector_fires_while_the_averaged_output_still_improves() -> None:
+    # The failure the noise gate exists for (the test below would catch it).
+    stop, rise = _improving_run(EarlyStopping(EarlyStopConfig(window=100, patience=200, signal="ema", min_delta=0.2)))
+    assert stop is not None and rise > 0.1
+
+
+def test_the_gated_detector_never_fires_while_the_averaged_output_still_improves() -> None:
+    from dip_engine.noise import estimate_noise_sigma
+
+    config = EarlyStopConfig(window=100, patience=200, signal="ema", min_delta=0.2, noise_gate=1.0)
+    ys, xs = torch.meshgrid(torch.linspace(0, 1, 32), torch.linspace(0, 1, 32), indexing="ij")
+    clean = torch.stack([0.3 + 0.4 * xs, 0.5 + 0.2 * ys, 0.4 + 0.3 * xs * ys])
+    sigma = estimate_noise_sigma(clean.permute(1, 2, 0).numpy())  # noise-free: its own texture only
+    stop, rise = _improving_run(EarlyStopping(config, noise_sigma=sigma))
+    assert stop is None or rise <= 0.1, (stop, rise)
+
+
+def test_the_gate_opens_at_the_noise_level_and_restarts_the_search_there() -> None:
+    detector = EarlyStopping(EarlyStopConfig(window=2, patience=3, noise_gate=1.0), noise_sigma=0.1)
+    for t, var in enumerate([5.0, 1.0, 2.0, 3.0, 4.0, 5.0], start=1):
+        detector.update_variance(t, torch.tensor(var), torch.full((1,), float(t)))
+        detector.observe_fit(t, 0.05 if t < 5 else 0.009, torch.full((1,), float(t)))
+    # Minimum at 2, but the fit reached sigma^2 = 0.01 only at 5: the search starts again there.
+    assert detector.gate_opened_at == 5 and detector.detected_iteration == 5
+    assert not detector.should_stop(7) and detector.should_stop(8)
+    assert float(detector.candidate) == 5.0
