@@ -26,6 +26,10 @@ echo "== deterministic mode: two seeded runs per mode, compared bit for bit, and
 $PY benchmarks/determinism.py --device "$DEVICE" --size $([ "$QUICK" = 1 ] && echo 64 || echo 256) \
   --iterations $([ "$QUICK" = 1 ] && echo 20 || echo 500) 2>&1 | tee "$OUT/determinism.md"
 
+echo "== the paper's protocols beside its numbers: Set5 x4 (luma, 4 px border) and F16 denoising"
+$PY benchmarks/paper.py --device "$DEVICE" --data "$DATA" --tasks sr5 $([ "$QUICK" = 1 ] && echo --smoke) 2>/dev/null | tee "$OUT/paper_sr5.md"
+$PY benchmarks/paper.py --device "$DEVICE" --data "$DATA" --tasks denoise --images 2 $([ "$QUICK" = 1 ] && echo --smoke) 2>/dev/null | tee "$OUT/paper_denoise.md"
+
 echo "== fast preset sweep on 96 px crops (what the CPU runs), sigma=25, 5 images"
 for variant in "" "--set net.channels=128" "--set fit.ema=0.995" "--set fit.early_stop.min_delta=0.3 --set fit.early_stop.patience=300"; do
   $PY benchmarks/quality.py --device "$DEVICE" --data "$DATA" --tasks denoise --images $([ "$QUICK" = 1 ] && echo 1 || echo 5) $ITERS $variant 2>/dev/null | grep "^mean" | tee -a "$OUT/sweep.md"
