@@ -259,6 +259,14 @@ def fit(
             cb.on_checkpoint(state, checkpoint.path)
 
     snapshot_interval = config.snapshot_interval
+    if config.channels_last:
+        net.to(memory_format=torch.channels_last)
+        z = z.contiguous(memory_format=torch.channels_last)
+
+    def forward(code: Tensor) -> Tensor:
+        # The loss and everything downstream stay in float32, whatever the net computes in.
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=config.precision == "bf16"):
+            return net(code).float()
 
     def backtrack_due(iteration: int) -> bool:
         if config.backtrack_rule == "reference":
@@ -275,7 +283,7 @@ def fit(
         z_in = z
         if config.reg_noise_std > 0:
             z_in = z + config.reg_noise_std * torch.randn(z.shape, generator=generator, device=device, dtype=z.dtype)
-        out = net(z_in)
+        out = forward(z_in)
         loss = torch.mean((physics.A(out) - y) ** 2)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
@@ -341,14 +349,14 @@ def fit(
 
     if raw is None or avg is None:  # stopped before the first step: report the untrained output
         with torch.no_grad():
-            raw = avg = net(z)[..., :h, :w]
+            raw = avg = forward(z)[..., :h, :w]
     if state.stop_reason == "canceled":
         save(iteration)
     last = selected(raw, avg)
     if config.output == "raw" and config.reg_noise_std > 0:
         # The reference code's answer: the trained net on its fixed code, without jitter.
         with torch.no_grad():
-            last = net(z)[..., :h, :w]
+            last = forward(z)[..., :h, :w]
     detected = early.detected_iteration if early is not None else None
     output = early.candidate if early is not None and early.candidate is not None else last
     state.elapsed_s = elapsed()
