@@ -139,6 +139,13 @@ class Problem:
     check: Callable[[RestoreSpec, frozenset[str]], None] = _no_check
     output_size: Callable[[RestoreSpec, int, int], tuple[int, int]] = _same_size
 
+    def check_uploads(self, spec: RestoreSpec, uploads: frozenset[str]) -> None:
+        """Refuse extra files this task does not take, then the task's own checks."""
+        for name in sorted(uploads - self.uploads):
+            owners = ", ".join(p.name for p in PROBLEMS.values() if name in p.uploads)
+            raise InputError(f"{name}_not_allowed", f"a {name} is not used by {spec.task}; it is for {owners}")
+        self.check(spec, uploads)
+
     def result_name(self, spec: RestoreSpec) -> str:
         return self.output.format(scale=spec.scale)
 
@@ -431,10 +438,7 @@ def build_measurement(
     """
     problem = get_problem(spec.task)
     files = TaskFiles(mask=mask, kernel=kernel)
-    for name in sorted(files.present() - problem.uploads):
-        raise InputError(f"{name}_not_allowed", f"a {name} is not used by {spec.task}"
-                         + (f"; it is for {', '.join(p.name for p in PROBLEMS.values() if name in p.uploads)}"))
-    problem.check(spec, files.present())
+    problem.check_uploads(spec, files.present())
     loaded = load_image(image, max_pixels=max_pixels)
     measurement = problem.measure(spec, loaded, files)
     if reference is not None and measurement.reference is None:

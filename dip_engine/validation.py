@@ -105,11 +105,8 @@ def check_inputs(
     """
     problem = get_problem(spec.task)
     _check_min_side("image", image.width, image.height, min_size)
-    uploads = {name: info for name, info in (("mask", mask), ("kernel", kernel)) if info is not None}
-    for name in sorted(set(uploads) - problem.uploads):
-        owners = ", ".join(p.name for p in PROBLEMS.values() if name in p.uploads)
-        raise InputError(f"{name}_not_allowed", f"a {name} is only used for {owners}, not {spec.task}")
-    problem.check(spec, frozenset(uploads))
+    uploads = frozenset(name for name, info in (("mask", mask), ("kernel", kernel)) if info is not None)
+    problem.check_uploads(spec, uploads)
     if mask is not None and (mask.width, mask.height) != (image.width, image.height):
         raise InputError(
             "mask_size_mismatch",
