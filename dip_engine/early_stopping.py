@@ -127,6 +127,11 @@ class EarlyStopping:
     def detected_iteration(self) -> int | None:
         return None if self._best_iter is None else int(self._best_iter)
 
+    def forget_window(self) -> None:
+        """Drop the outputs in the window (after a backtrack: they belong to a spike); the
+        minimum found so far stays."""
+        self.variance.reset()
+
     def observe_fit(self, iteration: int, fit_mse: float, candidate: Tensor) -> None:
         """Report the loss per measured entry (at log points). Once it reaches the target the
         noise gate opens: the minima seen before are forgotten and ``candidate`` (the

@@ -294,7 +294,7 @@ def fit(
                 if backtracker.rule == "rollback":
                     ema_sum = restored
                     if early is not None:
-                        early.variance.reset()
+                        early.forget_window()
                     state.iteration = iteration
                     for cb in callbacks:
                         cb.on_step(state)
