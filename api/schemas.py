@@ -81,15 +81,21 @@ class Progress(BaseModel):
     total: int = Field(description="Iterations the run will do at most.")
     fraction: float = Field(description="iteration / total, in [0, 1].")
     iterations_per_second: float | None = None
-    eta_seconds: float | None = Field(None, description="Time left at the current speed.")
+    eta_seconds: float | None = Field(None, description="Time left at the current speed, until the expected end: "
+                                                        "the cap, or sooner once early stopping counts down.")
     elapsed_s: float | None = Field(None, description="Seconds spent optimising.")
+    expected_end: int | None = Field(None, description="The iteration the run is expected to end at: the cap, "
+                                                       "or sooner while early stopping counts down its patience.")
 
     @classmethod
     def of(cls, iteration: int, total: int, *, iterations_per_second: float | None = None,
-           elapsed_s: float | None = None) -> Progress:
-        eta = (total - iteration) / iterations_per_second if iterations_per_second else None
+           elapsed_s: float | None = None, end: int | None = None) -> Progress:
+        """``end``: where the run is expected to stop (early stopping's countdown), default ``total``."""
+        remaining = (total if end is None else end) - iteration
+        eta = max(0, remaining) / iterations_per_second if iterations_per_second else None
         return cls(iteration=iteration, total=total, fraction=min(1.0, iteration / total) if total else 0.0,
-                   iterations_per_second=iterations_per_second, eta_seconds=eta, elapsed_s=elapsed_s)
+                   iterations_per_second=iterations_per_second, eta_seconds=eta, elapsed_s=elapsed_s,
+                   expected_end=end)
 
 
 class Metrics(BaseModel):
@@ -181,7 +187,7 @@ class JobPublic(BaseModel):
         if record.iteration is not None and record.total:
             progress = Progress.of(record.iteration, record.total,
                                    iterations_per_second=record.iterations_per_second,
-                                   elapsed_s=record.elapsed_s)
+                                   elapsed_s=record.elapsed_s, end=record.expected_end)
         metrics = Metrics(**{name: getattr(record, name) for name in Metrics.model_fields})
         return cls(
             id=record.id,

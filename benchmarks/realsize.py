@@ -130,7 +130,8 @@ def run_one(task: str, path: Path, args: argparse.Namespace, work: Path) -> dict
         "dip": s["psnr_output"], "vs_baseline": s["psnr_output"] - baseline_psnr, "oracle": s["psnr_best"],
         "oracle_it": s["best_iteration"], "gap": s["detection_gap_db"], "stop_it": s["iterations"],
         "cap": s["iteration_cap"], "reason": s["stop_reason"], "seconds": round(seconds, 1),
-    }
+        "noise_sigma_estimate": s.get("noise_sigma_estimate"),
+    } | ({"history": result.metrics["history"]} if args.trace else {})
 
 
 def _summary(rows: list[dict], label: str) -> str:
@@ -160,6 +161,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="override a preset field, as `dip restore --set` (exploration, not the defaults)")
     parser.add_argument("--data", type=Path, default=DEFAULT_DATA)
     parser.add_argument("--json", type=Path, help="also write the rows as JSON")
+    parser.add_argument("--trace", action="store_true",
+                        help="keep each run's logged history in the JSON rows (to replay stopping rules)")
     args = parser.parse_args(argv)
 
     sets = image_sets(args.data)

@@ -25,6 +25,9 @@ class FitState:
     best_iteration: int | None = None
     best_psnr: float | None = None
     early_stop_iteration: int | None = None
+    # Where the run is now expected to end: the cap, or sooner once early stopping is counting
+    # down its patience from a minimum. What the ETA counts down to.
+    expected_end: int | None = None
     last: LogRecord | None = None
     stop_reason: str | None = None
     _clock_start: float = field(default_factory=time.monotonic, repr=False)
@@ -38,6 +41,16 @@ class FitState:
         done = self.iteration - self.start_iteration
         run_s = time.monotonic() - self._clock_start
         return done / run_s if done > 0 and run_s > 0 else None
+
+    @property
+    def end(self) -> int:
+        """The iteration the run is expected to end at (the cap when nothing says sooner)."""
+        return self.total if self.expected_end is None else max(self.iteration, min(self.expected_end, self.total))
+
+    @property
+    def eta_seconds(self) -> float | None:
+        speed = self.iterations_per_second
+        return (self.end - self.iteration) / speed if speed else None
 
 
 class Callback:
@@ -81,6 +94,8 @@ class ProgressBar(Callback):
     def on_log(self, state: FitState, record: LogRecord) -> None:
         if self._bar is None:
             return
+        if self._bar.total != state.end:  # tqdm's ETA counts down to the expected end
+            self._bar.total = state.end
         fields = {"loss": f"{record.loss:.2e}"}
         if record.psnr is not None:
             fields["psnr"] = f"{max(record.psnr, record.psnr_avg or -1.0):.2f}"

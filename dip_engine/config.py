@@ -169,7 +169,8 @@ class FitConfig:
             is widened to a multiple of itself, so snapshots stay evenly spaced.
         precision: ``"bf16"`` runs the network under bfloat16 autocast (the loss, the
             average and the early-stopping window stay in float32); on CPUs with AMX and
-            on GPUs the convolutions run several times faster.
+            on GPUs the convolutions run several times faster. ``"auto"``: bf16 where the
+            device has bf16 hardware (:func:`dip_engine.hardware.bf16_is_fast`), else fp32.
         channels_last: keep the network's activations in NHWC layout, which oneDNN and
             cuDNN convolutions prefer.
     """
@@ -187,7 +188,7 @@ class FitConfig:
     log_every: int = 50
     snapshot_every: int | None = None
     max_snapshots: int = 100
-    precision: Literal["fp32", "bf16"] = "fp32"
+    precision: Literal["fp32", "bf16", "auto"] = "fp32"
     channels_last: bool = False
 
     def __post_init__(self) -> None:
@@ -211,8 +212,8 @@ class FitConfig:
             raise ValueError(f"FitConfig.max_snapshots must be >= 0, got {self.max_snapshots}")
         if self.output not in ("ema", "raw"):
             raise ValueError(f"FitConfig.output must be 'ema' or 'raw', got {self.output!r}")
-        if self.precision not in ("fp32", "bf16"):
-            raise ValueError(f"FitConfig.precision must be 'fp32' or 'bf16', got {self.precision!r}")
+        if self.precision not in ("fp32", "bf16", "auto"):
+            raise ValueError(f"FitConfig.precision must be 'fp32', 'bf16' or 'auto', got {self.precision!r}")
 
     @property
     def snapshot_interval(self) -> int | None:

@@ -144,6 +144,14 @@ class EarlyStopping:
             self._best_iter = torch.full((), iteration, dtype=torch.long, device=self._best_var.device)
             self.candidate = candidate.detach().clone()
 
+    def expected_end(self, cap: int) -> int:
+        """Where the run ends if no new minimum comes: patience after the last one, once the
+        gate is open; the cap before that."""
+        detected = self.detected_iteration
+        if not self.gate_open or detected is None:
+            return cap
+        return min(cap, detected + self.config.patience)
+
     def should_stop(self, iteration: int) -> bool:
         detected = self.detected_iteration
         return self.gate_open and detected is not None and iteration - detected >= self.config.patience

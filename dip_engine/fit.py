@@ -24,6 +24,7 @@ from .callbacks import Callback, FitState
 from .checkpoint import load_checkpoint, save_checkpoint
 from .config import FitConfig
 from .early_stopping import EarlyStopping
+from .hardware import resolve_precision
 from .history import LogRecord
 from .metrics import psnr, ssim
 from .physics import Physics
@@ -263,9 +264,11 @@ def fit(
         net.to(memory_format=torch.channels_last)
         z = z.contiguous(memory_format=torch.channels_last)
 
+    bf16 = resolve_precision(config.precision, device) == "bf16"
+
     def forward(code: Tensor) -> Tensor:
         # The loss and everything downstream stay in float32, whatever the net computes in.
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=config.precision == "bf16"):
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
             return net(code).float()
 
     def backtrack_due(iteration: int) -> bool:
@@ -333,6 +336,7 @@ def fit(
             if early is not None:
                 early.observe_fit(iteration, record.loss / measured, selected(raw, avg))
                 state.early_stop_iteration = early.detected_iteration
+                state.expected_end = early.expected_end(config.iterations)
                 if early.should_stop(iteration):
                     state.request_stop("early_stop")
             for cb in callbacks:
@@ -358,7 +362,10 @@ def fit(
         with torch.no_grad():
             last = forward(z)[..., :h, :w]
     detected = early.detected_iteration if early is not None else None
-    output = early.candidate if early is not None and early.candidate is not None else last
+    # A variance minimum seen before the fit reached the measurement's noise says nothing about
+    # overfitting: a run whose noise gate never opened returns its last output.
+    use_candidate = early is not None and early.candidate is not None and early.gate_open
+    output = early.candidate if use_candidate else last
     state.elapsed_s = elapsed()
     state.early_stop_iteration = detected
     for cb in callbacks:

@@ -23,7 +23,7 @@ from . import degradations
 from .config import FitConfig, NetConfig, RunConfig
 from .errors import InputError
 from .io import LoadedImage, load_image, load_kernel, load_mask, resize_image
-from .presets import FAST_NET, FAST_STOP, HOLES_NET, HOURGLASS, PAPER_STOP, SNAIL_NET, paper_fit
+from .presets import FAST_NET, HOLES_NET, HOURGLASS, PAPER_STOP, SNAIL_NET, fast_fit, paper_fit
 from .seeding import numpy_rng
 from .spec import RestoreSpec, TaskName
 
@@ -175,8 +175,8 @@ def _denoising_loop(*, fast_net: NetConfig, full_net: NetConfig, iterations: int
     """The presets of the denoising notebook's loop (jitter 1/30, averaging, backtracking) on
     given nets: denoising, JPEG artefacts and deblurring differ only in these arguments."""
     return {
-        "fast": lambda spec, _: RunConfig(fast_net, FitConfig(iterations=fast_iterations, reg_noise_std=1 / 30,
-                                                              ema=fast_ema, log_every=25, early_stop=FAST_STOP)),
+        "fast": lambda spec, _: RunConfig(fast_net, fast_fit(iterations=fast_iterations, reg_noise_std=1 / 30,
+                                                             ema=fast_ema)),
         "quality": lambda spec, _: RunConfig(full_net, FitConfig(iterations=iterations, reg_noise_std=1 / 30,
                                                                  early_stop=PAPER_STOP)),
         "paper": lambda spec, _: RunConfig(full_net, paper_fit(iterations=iterations, reg_noise_std=1 / 30,
@@ -185,7 +185,7 @@ def _denoising_loop(*, fast_net: NetConfig, full_net: NetConfig, iterations: int
 
 
 # A longer average (0.995) measured +0.09 dB at the early-stop iterate on 96 px crops (docs/benchmarks.md).
-_DENOISE_PRESETS = _denoising_loop(fast_net=FAST_NET, full_net=HOURGLASS, iterations=3000, fast_iterations=2400)
+_DENOISE_PRESETS = _denoising_loop(fast_net=FAST_NET, full_net=HOURGLASS, iterations=3000, fast_iterations=3000)
 
 
 # -- super-resolution -----------------------------------------------------------------
@@ -230,8 +230,7 @@ def _superres_quality(spec: RestoreSpec, _: bool) -> RunConfig:
 
 
 _SUPERRES_PRESETS: Mapping[str, PresetFn] = {
-    "fast": lambda spec, _: RunConfig(FAST_NET, FitConfig(iterations=3000, reg_noise_std=0.03, log_every=25,
-                                                          early_stop=FAST_STOP)),
+    "fast": lambda spec, _: RunConfig(FAST_NET, fast_fit(iterations=3000, reg_noise_std=0.03)),
     "quality": _superres_quality,
     "paper": _superres_paper,
 }
@@ -271,7 +270,7 @@ def _inpaint_measure(spec: RestoreSpec, loaded: LoadedImage, files: TaskFiles) -
 
 
 def _inpaint_fast(spec: RestoreSpec, scattered: bool) -> RunConfig:
-    fit = FitConfig(iterations=3000, reg_noise_std=0.03, log_every=25, early_stop=FAST_STOP)
+    fit = fast_fit(iterations=3000, reg_noise_std=0.03)
     return RunConfig(FAST_NET if scattered else replace(FAST_NET, skip_channels=64, upsample_mode="nearest"), fit)
 
 

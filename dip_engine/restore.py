@@ -26,6 +26,7 @@ from .callbacks import Callback
 from .config import NetConfig, RunConfig
 from .errors import InputError
 from .fit import CheckpointConfig, FitResult, fit
+from .hardware import resolve_precision
 from .io import pad_to_multiple, save_image
 from .metrics import psnr, psnr_y, ssim
 from .nets import build_from_config
@@ -230,6 +231,7 @@ def _run(
     setup = {
         "noise_sigma_estimate": noise_sigma,
         "device": str(device),
+        "precision": resolve_precision(run.fit.precision, device),
         "parameters": sum(p.numel() for p in net.parameters()),
         "wall_s": time.monotonic() - started,
         "padded_measurement": list(y.shape[:2]),

@@ -139,7 +139,7 @@ class JobReporter(Callback):
 
     def _publish(self, state: FitState, *, stop: bool) -> None:
         progress = Progress.of(state.iteration, state.total, iterations_per_second=state.iterations_per_second,
-                               elapsed_s=state.elapsed_s)
+                               elapsed_s=state.elapsed_s, end=state.end)
         last = state.last
         metrics = Metrics(
             loss=last.loss if last else None, psnr=last.psnr if last else None,

@@ -62,6 +62,7 @@ class JobRecord:
     start_iteration: int | None = None
     iterations_per_second: float | None = None
     elapsed_s: float | None = None
+    expected_end: int | None = None
     loss: float | None = None
     psnr: float | None = None
     psnr_degraded: float | None = None
@@ -96,6 +97,7 @@ class JobRecord:
             start_iteration=_int(fields.get("start_iteration")),
             iterations_per_second=_float(fields.get("iterations_per_second")),
             elapsed_s=_float(fields.get("elapsed_s")),
+            expected_end=_int(fields.get("expected_end")),
             loss=_float(fields.get("loss")),
             psnr=_float(fields.get("psnr")),
             psnr_degraded=_float(fields.get("psnr_degraded")),

@@ -266,10 +266,12 @@ def test_the_plain_detector_fires_while_the_averaged_output_still_improves() -> 
     assert stop is not None and rise > 0.1
 
 
-def test_the_gated_detector_never_fires_while_the_averaged_output_still_improves() -> None:
+def test_the_default_detector_never_fires_while_the_averaged_output_still_improves() -> None:
     from dip_engine.noise import estimate_noise_sigma
 
-    config = EarlyStopConfig(window=100, patience=200, signal="ema", min_delta=0.2, noise_gate=1.0)
+    from dip_engine.presets import FAST_STOP
+
+    config = FAST_STOP  # the default detector
     ys, xs = torch.meshgrid(torch.linspace(0, 1, 32), torch.linspace(0, 1, 32), indexing="ij")
     clean = torch.stack([0.3 + 0.4 * xs, 0.5 + 0.2 * ys, 0.4 + 0.3 * xs * ys])
     sigma = estimate_noise_sigma(clean.permute(1, 2, 0).numpy())  # noise-free: its own texture only
@@ -286,3 +288,26 @@ def test_the_gate_opens_at_the_noise_level_and_restarts_the_search_there() -> No
     assert detector.gate_opened_at == 5 and detector.detected_iteration == 5
     assert not detector.should_stop(7) and detector.should_stop(8)
     assert float(detector.candidate) == 5.0
+
+
+def test_the_expected_end_is_patience_after_the_minimum_once_the_gate_is_open() -> None:
+    detector = EarlyStopping(EarlyStopConfig(window=2, patience=300, noise_gate=1.0), noise_sigma=0.1)
+    detector.update_variance(100, torch.tensor(1.0), torch.zeros(1))
+    assert detector.expected_end(3000) == 3000  # gate shut: the fit has not reached the noise yet
+    detector.observe_fit(100, 0.001, torch.zeros(1))
+    assert detector.expected_end(3000) == 400 and detector.expected_end(350) == 350
+    detector.update_variance(200, torch.tensor(0.5), torch.zeros(1))  # a new minimum moves it on
+    assert detector.expected_end(3000) == 500
+
+
+def test_fit_state_eta_uses_the_expected_end_and_never_runs_past_the_cap() -> None:
+    from dip_engine.callbacks import FitState
+
+    state = FitState(total=1000, iteration=200)
+    assert state.end == 1000
+    state.expected_end = 600
+    assert state.end == 600
+    state.expected_end = 5000
+    assert state.end == 1000
+    state.iteration, state.expected_end = 700, 600  # a late minimum: the end is never in the past
+    assert state.end == 700

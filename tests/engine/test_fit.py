@@ -651,3 +651,46 @@ def test_bf16_and_channels_last_fit_as_float32_does(precision: str, channels_las
     assert other.history[-1].psnr_avg == pytest.approx(base.history[-1].psnr_avg, abs=2.0)
     if precision == "fp32":  # the layout alone changes no number beyond float reassociation
         assert other.history[-1].psnr_avg == pytest.approx(base.history[-1].psnr_avg, abs=0.05)
+
+
+@pytest.mark.parametrize(("amx", "avx512_bf16", "expected"),
+                         [(True, False, "bf16"), (False, True, "bf16"), (False, False, "fp32")])
+def test_auto_precision_takes_bf16_only_on_cpus_with_bf16_hardware(monkeypatch: pytest.MonkeyPatch, amx: bool,
+                                                                   avx512_bf16: bool, expected: str) -> None:
+    from dip_engine.hardware import resolve_precision
+
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: amx, raising=False)
+    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: avx512_bf16, raising=False)
+    assert resolve_precision("auto", torch.device("cpu")) == expected
+    assert resolve_precision("fp32", torch.device("cpu")) == "fp32"  # an explicit choice stays
+
+
+def test_an_unknown_precision_is_refused() -> None:
+    with pytest.raises(ValueError, match="precision"):
+        FitConfig(precision="fp16")  # type: ignore[arg-type]
+
+
+# -- what a gated run returns -----------------------------------------------------------------------
+
+
+def test_a_run_whose_noise_gate_never_opened_returns_its_last_output() -> None:
+    clean = _clean()
+    stop = EarlyStopConfig(window=10, patience=1000, signal="raw", noise_gate=1.0)
+    # A noise level of 1e-4 is never reached (the loss stays near the real noise's 0.01), so the
+    # gate stays shut; the same large step as below puts the variance minimum before the end.
+    result = fit(_net(), _z(), _noisy(clean), Denoising(), config=_config(early_stop=stop, lr=0.05), reference=clean,
+                 generator=_jitter(), noise_sigma=1e-4)
+    assert result.early_stop_iteration is not None and result.early_stop_iteration < 60
+    assert result.stop_reason == "completed" and result.output_iteration == 60
+    assert torch.equal(result.output, result.last)
+
+
+def test_an_ungated_run_returns_the_output_at_the_variance_minimum() -> None:
+    clean = _clean()
+    stop = EarlyStopConfig(window=10, patience=1000, signal="raw")
+    # A large step makes the raw outputs jump about late in the run: their variance has its
+    # minimum before the end.
+    result = fit(_net(), _z(), _noisy(clean), Denoising(), config=_config(early_stop=stop, lr=0.05),
+                 reference=clean, generator=_jitter())
+    assert result.output_iteration == result.early_stop_iteration
+    assert result.output_iteration < 60 and not torch.equal(result.output, result.last)

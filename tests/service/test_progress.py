@@ -130,3 +130,22 @@ def test_throttle() -> None:
     assert [i for i, ok in enumerate(seen) if ok] == [0, 10, 20]
     with pytest.raises(ValueError, match="interval_s"):
         Throttle(-1)
+
+
+def test_the_eta_counts_down_to_early_stopping_s_expected_end(setup: Any) -> None:
+    from api.schemas import Progress
+
+    store, job_id, reporter, clock, events, _ = setup
+    state = FitState(total=3000)
+    reporter.on_fit_start(state)
+    state.iteration, state.expected_end = 1000, 1400  # the detector counts down: 400 left, not 2000
+    record = LogRecord(iteration=1000, loss=0.5, psnr_degraded=20.0, elapsed_s=2.0)
+    state.last = record
+    clock.now = 2.0
+    reporter.on_log(state, record)
+    reporter.on_fit_end(state)
+    stored = store.get(job_id)
+    assert stored.expected_end == 1400
+    progress = Progress.of(stored.iteration, stored.total, iterations_per_second=10.0, end=stored.expected_end)
+    assert progress.eta_seconds == pytest.approx(40.0) and progress.fraction == pytest.approx(1000 / 3000)
+    assert Progress.of(1000, 3000, iterations_per_second=10.0).eta_seconds == pytest.approx(200.0)

@@ -1,0 +1,148 @@
+"""Replay stopping rules on recorded runs: choose the detector's defaults from a table.
+
+A run's trajectory does not depend on when it will stop, so one long run per
+image, recorded with ``realsize.py --trace`` (early stopping observing but
+never firing: ``--set fit.early_stop.patience=100000``), answers for every
+rule at once what it would have returned. For each rule (cap, patience,
+minimum relative drop of the variance, noise gate, and what a run that
+reaches its cap returns), the table gives the mean PSNR against the
+baseline, the wins, the detection gap to the oracle-best iterate within the
+cap, and the mean iterations. The replay sees the log points only (every
+``log_every`` iterations), so it approximates a detector that updates every
+iteration to that resolution; the chosen rule is then run for real.
+
+    python benchmarks/replay_stopping.py /tmp/trace-a.json /tmp/trace-b.json --held-out kodim03 kodim12 peppers
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+import statistics
+from dataclasses import dataclass
+from pathlib import Path
+
+
+@dataclass(frozen=True)
+class Rule:
+    cap: int
+    patience: int
+    min_delta: float
+    gate: float | None  # stop only once the loss per entry is <= gate * sigma_hat^2
+    at_cap: str  # "candidate" (the output at the variance minimum) or "last"
+
+    def label(self) -> str:
+        gate = "off" if self.gate is None else f"{self.gate:g}"
+        return f"cap {self.cap}, patience {self.patience}, min_delta {self.min_delta:g}, gate {gate}, at cap: {self.at_cap}"
+
+
+@dataclass(frozen=True)
+class Replayed:
+    psnr: float  # of what the run returns
+    end: int  # the iteration it ends at
+    oracle: float  # the best averaged output within the cap
+    eta_error: float  # |shown ETA / real remaining time - 1| at a quarter of the run
+
+
+def replay(row: dict, rule: Rule) -> Replayed:
+    """What ``row``'s run returns under ``rule``, and how far off its ETA was at 25% of it."""
+    points = [p for p in row["history"] if p["iteration"] <= rule.cap]
+    sigma = row.get("noise_sigma_estimate")
+    target = None if rule.gate is None or sigma is None else rule.gate * sigma**2
+    gate_open = target is None
+    best_var: float | None = None
+    best_at: dict | None = None
+    expected_end: dict[int, int] = {}  # what the engine's ETA counts down to, per log point
+    oracle = max(p["psnr_avg"] for p in points)
+    returned, end = None, None
+    for point in points:
+        if not gate_open and point["loss"] <= target:
+            gate_open = True
+            best_var, best_at = point["variance"], point
+        variance = point["variance"]
+        if variance is not None and (best_var is None or variance < best_var * (1.0 - rule.min_delta)):
+            best_var, best_at = variance, point
+        expected_end[point["iteration"]] = (min(rule.cap, best_at["iteration"] + rule.patience)
+                                            if gate_open and best_at is not None else rule.cap)
+        if gate_open and best_at is not None and point["iteration"] - best_at["iteration"] >= rule.patience:
+            returned, end = best_at, point
+            break
+    if end is None:
+        end = points[-1]
+        returned = best_at if (rule.at_cap == "candidate" and best_at is not None) else end
+    quarter = min((p for p in points if p["iteration"] <= end["iteration"]),
+                  key=lambda p: abs(p["iteration"] - end["iteration"] / 4))
+    speed = quarter["iteration"] / quarter["elapsed_s"]
+    shown = (expected_end[quarter["iteration"]] - quarter["iteration"]) / speed
+    real = end["elapsed_s"] - quarter["elapsed_s"]
+    return Replayed(returned["psnr_avg"], end["iteration"], oracle, abs(shown / real - 1) if real > 0 else 0.0)
+
+
+def summarise(rows: list[dict], rule: Rule) -> dict:
+    results = [replay(row, rule) for row in rows]
+    diffs = [r.psnr - row["baseline_psnr"] for r, row in zip(results, rows)]
+    return {
+        "rule": rule,
+        "psnr": statistics.mean(r.psnr for r in results),
+        "vs": statistics.mean(diffs),
+        "wins": sum(d >= 0 for d in diffs),
+        "worst": min(diffs),
+        "gap": statistics.mean(r.oracle - r.psnr for r in results),
+        "iterations": statistics.mean(r.end for r in results),
+        "eta": max(r.eta_error for r in results),
+        "n": len(rows),
+    }
+
+
+def load_rows(path: Path) -> list[dict]:
+    """The rows of a ``--json`` file, or of a run's log (one JSON row per line, as it goes)."""
+    text = path.read_text()
+    if text.lstrip().startswith("["):
+        return json.loads(text)
+    return [json.loads(line) for line in text.splitlines() if line.startswith("{")]
+
+
+def grid(caps: list[int], patiences: list[int], deltas: list[float], gates: list[float | None]) -> list[Rule]:
+    return [Rule(c, p, d, g, a) for c, p, d, g, a in itertools.product(caps, patiences, deltas, gates, ["candidate", "last"])]
+
+
+def _line(s: dict) -> str:
+    return (f"| {s['rule'].label()} | {s['psnr']:.2f} | {s['vs']:+.2f} | {s['wins']}/{s['n']} | {s['worst']:+.2f} "
+            f"| {s['gap']:.2f} | {s['iterations']:.0f} | {100 * s['eta']:.0f}% |")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("traces", nargs="+", type=Path,
+                        help="JSON written by realsize.py --trace, or its log (stderr)")
+    parser.add_argument("--held-out", nargs="*", default=[], help="image names kept out of the choice")
+    parser.add_argument("--caps", default="2000,2400,3000")
+    parser.add_argument("--patience", default="200,400,800")
+    parser.add_argument("--min-delta", default="0,0.05,0.2")
+    parser.add_argument("--gates", default="off,0.8,1,1.2")
+    parser.add_argument("--top", type=int, default=12)
+    args = parser.parse_args(argv)
+    rows = [row for path in args.traces for row in load_rows(path)]
+    tuning = [r for r in rows if r["image"] not in args.held_out]
+    held = [r for r in rows if r["image"] in args.held_out]
+    ints = lambda text: [int(v) for v in text.split(",")]
+    gates = [None if v == "off" else float(v) for v in args.gates.split(",")]
+    rules = grid(ints(args.caps), ints(args.patience), [float(v) for v in args.min_delta.split(",")], gates)
+    ranked = sorted((summarise(tuning, rule) for rule in rules), key=lambda s: (-s["vs"], s["iterations"]))
+    header = ("| rule | PSNR | vs baseline | wins | worst | gap | iterations | worst ETA error at 25% |\n"
+              "|---|---|---|---|---|---|---|---|")
+    print(f"### Tuning images ({len(tuning)}): {', '.join(r['image'] for r in tuning)}; best {args.top} rules\n")
+    print(header)
+    for s in ranked[:args.top]:
+        print(_line(s))
+    if held:
+        print(f"\n### Held-out images ({len(held)}), the top rules above\n")
+        print(header)
+        for s in ranked[:args.top]:
+            print(_line(summarise(held, s["rule"])))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
