@@ -78,6 +78,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--tasks", nargs="+", default=["sr5", "denoise"], choices=sorted(PAPER))
     parser.add_argument("--images", type=int, default=99)
+    parser.add_argument("--only", nargs="+", metavar="STEM", help="only these images (file stems)")
     parser.add_argument("--device", default="auto")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--iterations", type=int, help="override every run's iterations (smoke tests)")
@@ -92,7 +93,8 @@ def main(argv: list[str] | None = None) -> int:
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         for task in args.tasks:
-            for path in images(task, args.data)[:args.images]:
+            chosen = [p for p in images(task, args.data) if not args.only or p.stem in args.only]
+            for path in chosen[:args.images]:
                 source = prepare(task, path, Path(tmp), args.smoke)
                 row = {"task": task, "image": path.stem}
                 for preset in args.presets:
