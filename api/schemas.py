@@ -47,6 +47,9 @@ class JobCreate(BaseModel):
                                                 "(then add add_noise_sigma) and score the result against it.")
     jpeg_quality: int | None = Field(None, ge=1, le=95, description="dejpeg: the image is clean; compress it "
                                      "as a JPEG of this quality first and score the result against it.")
+    noise_sigma: float | None = Field(None, ge=0, le=255, description="The image's noise level (0-255 scale) "
+                                      "if you know it (0: noise-free); early stopping waits until the fit "
+                                      "reaches it. Unset: estimated from the image.")
     preset: PresetName = Field("fast", description="Hyperparameter preset. fast: sized for a CPU; quality: "
                                "the paper's networks with our loop improvements; paper: the published "
                                "protocol exactly (fixed iterations, raw output, no early stopping).")

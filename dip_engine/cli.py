@@ -44,6 +44,9 @@ def add_restore_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--add-noise", type=float, metavar="SIGMA", dest="add_noise_sigma",
                         help="denoising (and deblurring with --from-sharp): add Gaussian noise of SIGMA "
                         "(0-255 scale) to a clean input")
+    parser.add_argument("--noise-sigma", type=float, metavar="SIGMA",
+                        help="the input's noise level (0-255 scale) if known, 0 for noise-free; early stopping "
+                        "waits until the fit reaches it (default: estimated from the image)")
     parser.add_argument("--from-hr", action="store_true", help="super-resolution: the input is high-resolution; downsample it first")
     parser.add_argument("--scale", type=int, default=4, choices=SCALES, help="super-resolution factor (default 4)")
     parser.add_argument("--preset", choices=PRESETS, default="fast",
@@ -77,7 +80,7 @@ def run_restore(args: argparse.Namespace) -> int:
         spec = RestoreSpec(
             task=args.task, scale=args.scale, from_hr=args.from_hr, add_noise_sigma=args.add_noise_sigma,
             drop_fraction=args.drop_fraction, blur_sigma=args.blur_sigma, from_sharp=args.from_sharp,
-            jpeg_quality=args.jpeg_quality, preset=args.preset, iterations=args.iterations,
+            jpeg_quality=args.jpeg_quality, noise_sigma=args.noise_sigma, preset=args.preset, iterations=args.iterations,
             log_every=args.log_every, snapshot_every=args.snapshot_every, early_stop=args.early_stop,
             seed=args.seed, device=args.device, deterministic=args.deterministic,
         )

@@ -221,7 +221,9 @@ def _run(
     def snapshot(iteration: int, output: Tensor) -> Path:
         return save_image(out_dir / "snapshots" / f"iter_{iteration:05d}.png", _to_array(output), alpha=measurement.alpha)
 
-    noise_sigma = estimate_noise_sigma(measurement.y, known=measurement.mask)
+    # The user's noise level when given, else the wavelet estimate: what the early-stopping gate waits for.
+    noise_sigma = (spec.noise_sigma / 255.0 if spec.noise_sigma is not None
+                   else estimate_noise_sigma(measurement.y, known=measurement.mask))
     started = time.monotonic()
     fitted = fit(
         net, z, _to_tensor(y, device), physics,
@@ -230,6 +232,7 @@ def _run(
     )
     setup = {
         "noise_sigma_estimate": noise_sigma,
+        "noise_sigma_source": "given" if spec.noise_sigma is not None else "estimated",
         "device": str(device),
         "precision": resolve_precision(run.fit.precision, device),
         "parameters": sum(p.numel() for p in net.parameters()),
@@ -296,6 +299,7 @@ def _write_outputs(
         "detection_gap_db": None if fitted.best_psnr is None or psnr_output is None else fitted.best_psnr - psnr_output,
         "backtracks": fitted.backtracks,
         "noise_sigma_estimate": setup["noise_sigma_estimate"],
+        "noise_sigma_source": setup["noise_sigma_source"],
         "elapsed_s": round(run_s, 3),
         "iterations_per_second": round(fitted.iterations / run_s, 3) if run_s > 0 else None,
     }

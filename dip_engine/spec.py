@@ -31,6 +31,8 @@ class RestoreSpec:
     ``scale``), ``drop_fraction`` (inpaint: drop that fraction of pixels,
     seeded), ``from_sharp`` (deblur: blur the input with the kernel) and
     ``jpeg_quality`` (dejpeg: compress the input at that quality).
+    ``noise_sigma`` (any task, 0-255 scale) is the measurement's noise level when
+    the user knows it; otherwise the early-stopping gate estimates it from the image.
     """
 
     task: TaskName
@@ -41,6 +43,7 @@ class RestoreSpec:
     blur_sigma: float | None = None
     from_sharp: bool = False
     jpeg_quality: int | None = None
+    noise_sigma: float | None = None
     preset: PresetName = "fast"
     iterations: int | None = None
     log_every: int | None = None

@@ -54,6 +54,9 @@ def validate_spec(spec: RestoreSpec, *, max_iterations: int = 20000) -> None:
     sigma = spec.add_noise_sigma
     _require(sigma is None or (_is_real(sigma) and 0 < sigma <= 255),
              f"add_noise_sigma must be in (0, 255] (0-255 scale), got {sigma!r}")
+    known = spec.noise_sigma
+    _require(known is None or (_is_real(known) and 0 <= known <= 255),
+             f"noise_sigma must be in [0, 255] (0-255 scale), got {known!r}")
     fraction = spec.drop_fraction
     _require(fraction is None or (_is_real(fraction) and 0 < fraction < 1),
              f"drop_fraction must be in (0, 1), got {fraction!r}")

@@ -143,6 +143,15 @@ def test_outputs_and_metrics(tmp_path: Path, make_image: ImageMaker) -> None:
     assert metrics["files"]["degraded"] == "degraded.png"
 
 
+def test_a_given_noise_level_replaces_the_estimate(tmp_path: Path, make_image: ImageMaker) -> None:
+    source = _save(tmp_path / "in.png", make_image(64, 64), "RGB")
+    estimated = restore(_spec("denoise", add_noise_sigma=15.0), RestoreInputs(source), tmp_path / "a").metrics
+    given = restore(_spec("denoise", add_noise_sigma=15.0, noise_sigma=15.0), RestoreInputs(source), tmp_path / "b").metrics
+    assert estimated["summary"]["noise_sigma_source"] == "estimated"
+    assert given["summary"]["noise_sigma_source"] == "given"
+    assert given["summary"]["noise_sigma_estimate"] == 15 / 255
+
+
 def test_superres_from_hr_scores_against_the_hr_input(tmp_path: Path, make_image: ImageMaker) -> None:
     source = _save(tmp_path / "hr.png", make_image(64, 64), "RGB")
     result = restore(_spec("superres", from_hr=True), RestoreInputs(source), tmp_path / "out")

@@ -79,6 +79,7 @@ def test_bad_denoise_fields(changes, fragment):
             (RestoreSpec(task="denoise", scale=2), "scale is only for superres, not denoise"),
             (RestoreSpec(task="deblur", blur_sigma=0.0), "blur_sigma must be in (0, 20]"),
             (RestoreSpec(task="dejpeg", jpeg_quality=100), "jpeg_quality must be an int in 1..95"),
+            (RestoreSpec(task="inpaint", noise_sigma=300.0), "noise_sigma must be in [0, 255]"),
         (RestoreSpec(task="superres", add_noise_sigma=10), "not superres"),
         (RestoreSpec(task="inpaint", from_hr=True), "from_hr is only for superres, not inpaint"),
     ],

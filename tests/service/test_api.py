@@ -78,6 +78,8 @@ def _bad_inputs(pictures: Any) -> dict[str, tuple[dict[str, bytes], dict[str, An
                                   {"task": "deblur", "blur_sigma": 1.5}, 422, "invalid_parameter", "both"),
         "jpeg quality 0": ({"image": image}, {"task": "dejpeg", "jpeg_quality": 0}, 422, "invalid_parameter",
                            "jpeg_quality"),
+        "negative noise level": ({"image": image}, {"task": "denoise", "noise_sigma": -1}, 422, "invalid_parameter",
+                                 "noise_sigma"),
     }
 
 
