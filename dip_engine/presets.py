@@ -40,7 +40,7 @@ SNAIL_NET = NetConfig(name="skip", input_channels=3, upsample_mode="bilinear",
 # 96 px detector (patience 200, 20% margin, no gate) stopped 256 px denoising 1.5 dB early.
 FAST_NET = NetConfig(name="skip", channels=32, levels=5, skip_channels=4, upsample_mode="bilinear")
 PAPER_STOP = EarlyStopConfig(window=100, patience=1000)
-FAST_STOP = EarlyStopConfig(window=100, patience=300, signal="ema", min_delta=0.1, noise_gate=1.0)
+FAST_STOP = EarlyStopConfig(window=100, patience=300, signal="ema", min_delta=0.2, noise_gate=1.0)
 
 
 def fast_fit(*, iterations: int, reg_noise_std: float, ema: float = 0.99) -> FitConfig:
