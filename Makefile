@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV := .venv
 STAMP := $(VENV)/.installed
 
-.PHONY: venv serve test bench clean
+.PHONY: venv serve test bench bench-check clean
 
 venv: $(STAMP)
 
@@ -20,6 +20,10 @@ serve: venv
 
 test: venv
 	$(VENV)/bin/python -m pytest -q
+
+# The real-size quality guard (one 256 px default run against NL-means): minutes, so apart.
+bench-check: venv
+	$(VENV)/bin/python -m pytest -q -m bench tests/bench
 
 bench: venv
 	$(VENV)/bin/python benchmarks/quality.py
