@@ -32,8 +32,8 @@ from .callbacks import Callback, FitState
 from .checkpoint import load_checkpoint, save_checkpoint
 from .config import FitConfig
 from .early_stopping import EarlyStopping
-from .fit import (CheckpointConfig, FitResult, SnapshotWriter, _Backtracker, _BestTracker, _log, _psnr_from_mse,
-                  _validate)
+from .fit import (CheckpointConfig, FitResult, SnapshotWriter, _average, _Backtracker, _BestTracker, _log,
+                  _psnr_from_mse, _take_log_point, _validate)
 from .hardware import resolve_precision
 from .history import LogRecord
 from .physics import Physics
@@ -392,16 +392,7 @@ class _Run:
         """The rest of ``fit()``'s iteration, from the output average to the checkpoint."""
         config, iteration, state = self.config, self.iteration, self.state
         raw = out.detach()[..., :self.h, :self.w]
-        if config.ema == 0:
-            avg = raw
-        elif config.ema_start == "first":
-            self.ema_sum = (raw.clone() if self.ema_sum is None
-                            else self.ema_sum.mul_(config.ema).add_(raw, alpha=1 - config.ema))
-            avg = self.ema_sum
-        else:
-            self.ema_sum = torch.zeros_like(raw) if self.ema_sum is None else self.ema_sum
-            self.ema_sum.mul_(config.ema).add_(raw, alpha=1 - config.ema)
-            avg = self.ema_sum / (1 - config.ema**iteration)
+        self.ema_sum, avg = _average(config, self.ema_sum, raw, iteration)
         self.raw, self.avg = raw, avg
         early, best = self.early, self.best
         if early is not None:
@@ -414,18 +405,8 @@ class _Run:
                   if is_log_point else None)
         if record is not None:
             self.history.append(record)
-            if reference is not None:
-                best.offer(iteration, record.psnr, "raw", raw)
-                if record.psnr_avg is not None:
-                    best.offer(iteration, record.psnr_avg, "ema", avg)
-            state.last, state.elapsed_s = record, record.elapsed_s
-            state.best_iteration, state.best_psnr = best.iteration, best.psnr
-            if early is not None:
-                early.observe_fit(iteration, record.loss / self.measured, self.selected(raw, avg))
-                state.early_stop_iteration = early.detected_iteration
-                state.expected_end = early.expected_end(config.iterations)
-                if early.should_stop(iteration):
-                    state.request_stop("early_stop")
+            _take_log_point(record, raw, avg, self.selected(raw, avg), state=state, best=best, early=early,
+                            measured=self.measured, cap=config.iterations)
             for cb in self.job.callbacks:
                 cb.on_log(state, record)
         interval = config.snapshot_interval

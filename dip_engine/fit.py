@@ -308,17 +308,7 @@ def fit(
         optimizer.step()
 
         raw = out.detach()[..., :h, :w]
-        if config.ema == 0:
-            avg = raw
-        elif config.ema_start == "first":
-            ema_sum = raw.clone() if ema_sum is None else ema_sum.mul_(config.ema).add_(raw, alpha=1 - config.ema)
-            avg = ema_sum
-        else:
-            # Zero-initialised and bias-corrected (as Adam's moments): the reference code seeds
-            # the average with the first, random output, which then dominates short runs.
-            ema_sum = torch.zeros_like(raw) if ema_sum is None else ema_sum
-            ema_sum.mul_(config.ema).add_(raw, alpha=1 - config.ema)
-            avg = ema_sum / (1 - config.ema**iteration)
+        ema_sum, avg = _average(config, ema_sum, raw, iteration)
         if early is not None:
             early.update(iteration, avg if early.config.signal == "ema" else raw, selected(raw, avg))
 
@@ -328,18 +318,8 @@ def fit(
 
         if record is not None:
             history.append(record)
-            if reference is not None:
-                best.offer(iteration, record.psnr, "raw", raw)
-                if record.psnr_avg is not None:
-                    best.offer(iteration, record.psnr_avg, "ema", avg)
-            state.last, state.elapsed_s = record, record.elapsed_s
-            state.best_iteration, state.best_psnr = best.iteration, best.psnr
-            if early is not None:
-                early.observe_fit(iteration, record.loss / measured, selected(raw, avg))
-                state.early_stop_iteration = early.detected_iteration
-                state.expected_end = early.expected_end(config.iterations)
-                if early.should_stop(iteration):
-                    state.request_stop("early_stop")
+            _take_log_point(record, raw, avg, selected(raw, avg), state=state, best=best, early=early,
+                            measured=measured, cap=config.iterations)
             for cb in callbacks:
                 cb.on_log(state, record)
         if snapshot is not None and snapshot_interval and iteration % snapshot_interval == 0:
@@ -387,6 +367,39 @@ def fit(
         elapsed_s=state.elapsed_s,
         snapshots=snapshots,
     )
+
+
+def _average(config: FitConfig, ema_sum: Tensor | None, raw: Tensor, iteration: int) -> tuple[Tensor | None, Tensor]:
+    """Fold ``raw`` into the running output average: (the new running sum, the average)."""
+    if config.ema == 0:
+        return ema_sum, raw
+    if config.ema_start == "first":
+        ema_sum = raw.clone() if ema_sum is None else ema_sum.mul_(config.ema).add_(raw, alpha=1 - config.ema)
+        return ema_sum, ema_sum
+    # Zero-initialised and bias-corrected (as Adam's moments): the reference code seeds
+    # the average with the first, random output, which then dominates short runs.
+    ema_sum = torch.zeros_like(raw) if ema_sum is None else ema_sum
+    ema_sum.mul_(config.ema).add_(raw, alpha=1 - config.ema)
+    return ema_sum, ema_sum / (1 - config.ema**iteration)
+
+
+def _take_log_point(record: LogRecord, raw: Tensor, avg: Tensor, candidate: Tensor, *, state: FitState,
+                    best: _BestTracker, early: EarlyStopping | None, measured: float, cap: int) -> None:
+    """What a logged point updates: the best iterate, the state callbacks read, and the early
+    stop (``candidate`` is the output it would return from here)."""
+    iteration = record.iteration
+    if record.psnr is not None:  # a reference is known
+        best.offer(iteration, record.psnr, "raw", raw)
+        if record.psnr_avg is not None:
+            best.offer(iteration, record.psnr_avg, "ema", avg)
+    state.last, state.elapsed_s = record, record.elapsed_s
+    state.best_iteration, state.best_psnr = best.iteration, best.psnr
+    if early is not None:
+        early.observe_fit(iteration, record.loss / measured, candidate)
+        state.early_stop_iteration = early.detected_iteration
+        state.expected_end = early.expected_end(cap)
+        if early.should_stop(iteration):
+            state.request_stop("early_stop")
 
 
 def _psnr_from_mse(mse: float, measured: float) -> float:
