@@ -75,6 +75,12 @@ class Settings(BaseSettings):
     deterministic: bool = Field(False, description="GPU workers: repeatable seeded runs (deterministic "
                                 "cuDNN and PyTorch algorithms, no autotuning); slower.")
     worker_concurrency: int = Field(1, description="Worker processes (one per GPU).")
+    batch_max: int = Field(1, ge=1, le=64, description="Jobs a worker process trains at once as one "
+                           "batched model: queued jobs of the same task, parameters (but seed and noise "
+                           "level), image size and time limit. Worth it on a GPU, where one small job "
+                           "leaves most of the card idle; 1 (the default) runs one job at a time.")
+    batch_wait_s: float = Field(0.0, ge=0, le=60, description="How long a worker that has claimed a job "
+                                "waits for compatible queued jobs to join its batch (batch_max > 1).")
     queue: str = Field("dip", description="Celery queue name.")
 
     @field_validator("api_keys", "admin_keys", mode="before")
@@ -89,6 +95,9 @@ class Settings(BaseSettings):
             # job would be handed to a second worker while still running.
             raise ValueError(f"max_job_seconds ({self.max_job_seconds}) must be at most "
                              f"soft_time_limit_s ({self.soft_time_limit_s})")
+        if self.batch_wait_s * 2 >= self.lease_s:
+            # A claimed job's lease is renewed only once its batch starts.
+            raise ValueError(f"batch_wait_s ({self.batch_wait_s:g}) must be under half of lease_s ({self.lease_s:g})")
         return self
 
     @property

@@ -131,6 +131,7 @@ def run_one(task: str, path: Path, args: argparse.Namespace, work: Path) -> dict
         "oracle_it": s["best_iteration"], "gap": s["detection_gap_db"], "stop_it": s["iterations"],
         "cap": s["iteration_cap"], "reason": s["stop_reason"], "seconds": round(seconds, 1),
         "noise_sigma_estimate": s.get("noise_sigma_estimate"),
+        "kept_measured": result.metrics["setup"].get("kept_measured"),
     } | ({"history": result.metrics["history"]} if args.trace else {})
 
 

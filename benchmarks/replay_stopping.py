@@ -7,8 +7,10 @@ rule at once what it would have returned. For each rule (cap, patience,
 minimum relative drop of the variance, noise gate), the table gives the mean
 PSNR against the baseline, the wins, the detection gap to the oracle-best
 iterate within the cap, the mean iterations, and the worst error of the ETA
-the engine shows at a quarter of the run (it counts down to the cap, or to
-patience after the variance minimum once the gate is open), in iterations
+the engine shows at a quarter of the run (it counts down to the cap for a
+noise-free measurement, to the typical end of ``early_stopping.TYPICAL_END``
+for a noisy one, and to patience after the variance minimum once the gate is
+open), in iterations
 against those really left (at a steady speed, the ETA's error in seconds).
 A run that reaches its cap returns what ``fit()`` returns: the output at the
 variance minimum once the gate has opened, else its last output. The replay sees the log points only (every
@@ -26,6 +28,9 @@ import json
 import statistics
 from dataclasses import dataclass
 from pathlib import Path
+
+from dip_engine.early_stopping import TYPICAL_END
+from dip_engine.noise import NOISE_FREE_SIGMA
 
 
 @dataclass(frozen=True)
@@ -57,6 +62,8 @@ def replay(row: dict, rule: Rule) -> Replayed:
     best_var: float | None = None
     best_at: dict | None = None
     expected_end: dict[int, int] = {}  # what the engine's ETA counts down to, per log point
+    typical = (int(TYPICAL_END[0] * row["size"] ** (2 * TYPICAL_END[1])) + rule.patience
+               if target is not None and sigma > NOISE_FREE_SIGMA else None)
     oracle = max(p["psnr_avg"] for p in points)
     returned, end = None, None
     for point in points:
@@ -66,8 +73,11 @@ def replay(row: dict, rule: Rule) -> Replayed:
         variance = point["variance"]
         if variance is not None and (best_var is None or variance < best_var * (1.0 - rule.min_delta)):
             best_var, best_at = variance, point
-        expected_end[point["iteration"]] = (min(rule.cap, best_at["iteration"] + rule.patience)
-                                            if gate_open and best_at is not None else rule.cap)
+        if gate_open and best_at is not None:
+            expected_end[point["iteration"]] = min(rule.cap, best_at["iteration"] + rule.patience)
+        else:
+            expected_end[point["iteration"]] = (rule.cap if typical is None else
+                                                min(rule.cap, max(typical, point["iteration"] + rule.patience)))
         if gate_open and best_at is not None and point["iteration"] - best_at["iteration"] >= rule.patience:
             returned, end = best_at, point
             break

@@ -303,7 +303,7 @@ class _Run:
             self.generator = torch.Generator(device=self.device)
             self.generator.manual_seed(0)
         self.z = job.z
-        self.early = (EarlyStopping(config.early_stop, noise_sigma=job.noise_sigma)
+        self.early = (EarlyStopping(config.early_stop, noise_sigma=job.noise_sigma, pixels=self.h * self.w)
                       if config.early_stop is not None else None)
         self.backtracker = (_Backtracker(config.backtrack_db, config.backtrack_rule)
                             if config.backtrack_db is not None else None)
@@ -316,6 +316,7 @@ class _Run:
         self.iteration, self.elapsed_before = 0, 0.0
         self.measured = job.physics.measured_fraction
         self.result: FitResult | None = None
+        self.error: Exception | None = None
         self._saved_optimizer: dict[str, Any] | None = None
         if job.checkpoint is not None and job.checkpoint.resume and job.checkpoint.path.exists():
             self._resume(job.checkpoint.path)
@@ -354,7 +355,8 @@ class _Run:
 
     @property
     def done(self) -> bool:
-        return self.iteration >= self.config.iterations or self.state.stop_reason is not None
+        return (self.error is not None or self.iteration >= self.config.iterations
+                or self.state.stop_reason is not None)
 
     def elapsed(self) -> float:
         return self.elapsed_before + time.monotonic() - self.clock
@@ -490,7 +492,8 @@ class _Run:
         )
 
 
-def fit_batch(jobs: Sequence[BatchJob], *, config: FitConfig) -> list[FitResult]:
+def fit_batch(jobs: Sequence[BatchJob], *, config: FitConfig,
+              isolate: tuple[type[Exception], ...] = ()) -> list[FitResult | Exception]:
     """Fit K jobs at once, each as :func:`~dip_engine.fit.fit` would fit it alone.
 
     One vmapped forward and backward serves all jobs each iteration; each job has its own
@@ -503,9 +506,14 @@ def fit_batch(jobs: Sequence[BatchJob], *, config: FitConfig) -> list[FitResult]
     Args:
         jobs: the runs, with nets of one architecture and inputs of one shape, on one device.
         config: the loop hyperparameters, shared; ``backtrack_rule`` must be ``"rollback"``.
+        isolate: exception types that end only the job whose callbacks, snapshot writer or
+            checkpoint raised them (a worker's lost lease: that job must write nothing more,
+            and the others go on). The job leaves the batch unfinished and its entry in the
+            result is the exception. Any other exception ends the whole batch.
 
     Returns:
-        One :class:`~dip_engine.fit.FitResult` per job, in order.
+        One :class:`~dip_engine.fit.FitResult` per job, in order, or the isolated exception
+        that ended the job.
 
     Raises:
         ValueError: when the jobs cannot share a batch (shapes, devices, architectures), share
@@ -518,10 +526,11 @@ def fit_batch(jobs: Sequence[BatchJob], *, config: FitConfig) -> list[FitResult]
     bf16 = resolve_precision(config.precision, jobs[0].z.device) == "bf16"
     stack = _Stack([job.net for job in jobs], lr=config.lr, channels_last=config.channels_last, bf16=bf16)
     clock = time.monotonic()
+    guard = _Guard(isolate)
     for run in runs:
-        run.start(stack, param_groups, clock)
+        guard(run, run.start, stack, param_groups, clock)
     every = config.backtrack_every or config.log_every
-    active = _retire(stack, runs)
+    active = _retire(stack, runs, guard)
     while active:
         codes = stack.code_layout(torch.stack([run.next_code() for run in active]))
         out = stack.forward(codes)
@@ -533,23 +542,39 @@ def fit_batch(jobs: Sequence[BatchJob], *, config: FitConfig) -> list[FitResult]
         if due:
             values = torch.stack([losses[i].detach() for i in due]).tolist()  # one host sync for all
             for i, value in zip(due, values):
-                skip[i] = active[i].rolls_back(value)
+                skip[i] = bool(guard(active[i], active[i].rolls_back, value))
         stack.step(skip)
         for i, run in enumerate(active):
             if not skip[i]:
-                run.after_step(out[i], losses[i])
-        active = _retire(stack, active)
-    return [run.result for run in runs if run.result is not None]
+                guard(run, run.after_step, out[i], losses[i])
+        active = _retire(stack, active, guard)
+    return [run.error if run.error is not None else run.result for run in runs]  # type: ignore[misc]
 
 
-def _retire(stack: _Stack, active: list[_Run]) -> list[_Run]:
+class _Guard:
+    """Calls one job's step; an exception of an ``isolate`` type ends that job alone, unfinished."""
+
+    def __init__(self, isolate: tuple[type[Exception], ...]) -> None:
+        self.isolate = isolate
+
+    def __call__(self, run: _Run, step: Any, *args: Any) -> Any:
+        if run.error is not None:
+            return None
+        try:
+            return step(*args)
+        except self.isolate as error:
+            run.error = error
+            return None
+
+
+def _retire(stack: _Stack, active: list[_Run], guard: _Guard) -> list[_Run]:
     """Finish the jobs that are done and restack the others without them."""
     staying = [run for run in active if not run.done]
     if len(staying) == len(active):
         return active
     for run in active:
         if run.done:
-            run.finish()
+            guard(run, run.finish)
     if staying:
         stack.keep([run.row for run in staying])
         for row, run in enumerate(staying):

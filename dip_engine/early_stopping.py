@@ -20,6 +20,12 @@ import torch
 from torch import Tensor
 
 from .config import EarlyStopConfig
+from .noise import NOISE_FREE_SIGMA
+
+# Where a gated run on a noisy measurement typically ends: about 1.2 * pixels**0.7 iterations
+# plus the patience (fitted on replayed sigma=25 denoising runs at 96-256 px; docs/benchmarks.md,
+# "ETA"). The ETA counts down to it until the run itself says more.
+TYPICAL_END = (1.2, 0.7)
 
 
 class WindowedVariance:
@@ -86,8 +92,13 @@ class EarlyStopping:
     synthetic curves).
     """
 
-    def __init__(self, config: EarlyStopConfig, *, noise_sigma: float | None = None) -> None:
+    def __init__(self, config: EarlyStopConfig, *, noise_sigma: float | None = None,
+                 pixels: int | None = None) -> None:
         self.config = config
+        # Noise-free measurements may never reach their gate: their runs are expected to use the cap.
+        noisy = config.noise_gate is not None and noise_sigma is not None and noise_sigma > NOISE_FREE_SIGMA
+        self.typical_end = (int(TYPICAL_END[0] * pixels ** TYPICAL_END[1]) + config.patience
+                            if noisy and pixels else None)
         # The loss per measured entry below which the detector may act (the noise gate).
         self.fit_target = (None if config.noise_gate is None or noise_sigma is None
                            else config.noise_gate * noise_sigma**2)
@@ -144,13 +155,17 @@ class EarlyStopping:
             self._best_iter = torch.full((), iteration, dtype=torch.long, device=self._best_var.device)
             self.candidate = candidate.detach().clone()
 
-    def expected_end(self, cap: int) -> int:
+    def expected_end(self, cap: int, iteration: int = 0) -> int:
         """Where the run ends if no new minimum comes: patience after the last one, once the
-        gate is open; the cap before that."""
+        gate is open. Before that, a noisy run's typical end (see ``TYPICAL_END``), but never
+        sooner than patience after ``iteration``, the soonest the gate could let it end; the cap
+        for a noise-free run."""
         detected = self.detected_iteration
-        if not self.gate_open or detected is None:
+        if self.gate_open and detected is not None:
+            return min(cap, detected + self.config.patience)
+        if self.typical_end is None:
             return cap
-        return min(cap, detected + self.config.patience)
+        return min(cap, max(self.typical_end, iteration + self.config.patience))
 
     def should_stop(self, iteration: int) -> bool:
         detected = self.detected_iteration

@@ -198,7 +198,8 @@ def fit(
 
     # One fused kernel per step on a GPU instead of a few per parameter tensor.
     optimizer = torch.optim.Adam(net.parameters(), lr=config.lr, fused=device.type == "cuda")
-    early = EarlyStopping(config.early_stop, noise_sigma=noise_sigma) if config.early_stop is not None else None
+    early = (EarlyStopping(config.early_stop, noise_sigma=noise_sigma, pixels=h * w)
+             if config.early_stop is not None else None)
     backtracker = (_Backtracker(config.backtrack_db, config.backtrack_rule)
                    if config.backtrack_db is not None else None)
     best = _BestTracker()
@@ -397,7 +398,7 @@ def _take_log_point(record: LogRecord, raw: Tensor, avg: Tensor, candidate: Tens
     if early is not None:
         early.observe_fit(iteration, record.loss / measured, candidate)
         state.early_stop_iteration = early.detected_iteration
-        state.expected_end = early.expected_end(cap)
+        state.expected_end = early.expected_end(cap, record.iteration)
         if early.should_stop(iteration):
             state.request_stop("early_stop")
 

@@ -126,6 +126,8 @@ class Problem:
         uploads: extra files it accepts besides the image (``mask``, ``kernel``).
         check: refuses inconsistent requests, given the names of the uploads.
         output_size: (width, height) of the result for an input of that size.
+        exact_where_measured: the measurement is the image itself on the pixels it covers
+            (inpainting's known pixels): a noise-free run's outputs keep those pixels as measured.
     """
 
     name: TaskName
@@ -138,6 +140,7 @@ class Problem:
     uploads: frozenset[str] = frozenset()
     check: Callable[[RestoreSpec, frozenset[str]], None] = _no_check
     output_size: Callable[[RestoreSpec, int, int], tuple[int, int]] = _same_size
+    exact_where_measured: bool = False
 
     def check_uploads(self, spec: RestoreSpec, uploads: frozenset[str]) -> None:
         """Refuse extra files this task does not take, then the task's own checks."""
@@ -365,7 +368,8 @@ PROBLEMS: Mapping[str, Problem] = MappingProxyType({
     "inpaint": Problem(
         name="inpaint", description="fill the pixels a mask marks as missing", output="dip_inpainted.png",
         operator=_inpaint_operator, measure=_inpaint_measure, presets=_INPAINT_PRESETS,
-        fields=frozenset({"drop_fraction"}), uploads=frozenset({"mask"}), check=_inpaint_check),
+        fields=frozenset({"drop_fraction"}), uploads=frozenset({"mask"}), check=_inpaint_check,
+        exact_where_measured=True),
     "dejpeg": Problem(
         name="dejpeg", description="remove JPEG compression artefacts", output="dip_dejpeg.png",
         operator=_denoise_operator, measure=_dejpeg_measure, presets=_DEJPEG_PRESETS,

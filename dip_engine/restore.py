@@ -25,12 +25,13 @@ from . import __version__
 from .callbacks import Callback
 from .config import NetConfig, RunConfig
 from .errors import InputError
+from .batched import BatchJob, fit_batch
 from .fit import CheckpointConfig, FitResult, fit
 from .hardware import resolve_precision
 from .io import pad_to_multiple, save_image
 from .metrics import psnr, psnr_y, ssim
 from .nets import build_from_config
-from .noise import estimate_noise_sigma
+from .noise import NOISE_FREE_SIGMA, estimate_noise_sigma
 from .plots import plot_curves
 from .presets import apply_overrides, resolve
 from .problems import Measurement, OperatorData, build_measurement, get_problem
@@ -118,6 +119,49 @@ def _write_json(path: Path, data: dict[str, Any]) -> None:
     os.replace(tmp, path)
 
 
+@dataclass(frozen=True)
+class RestoreLimits:
+    """What a service allows one run: the same for every run it starts."""
+
+    checkpoint_every: int | None = None
+    resume: bool = True
+    max_pixels: int | None = None
+    max_iterations: int = 20_000
+    max_snapshots: int | None = None
+
+
+@dataclass(frozen=True)
+class RestoreRequest:
+    """One run of :func:`restore_batch`: what :func:`restore` takes for it."""
+
+    spec: RestoreSpec
+    inputs: RestoreInputs
+    out_dir: Path
+    callbacks: Sequence[Callback] = ()
+    overrides: dict[str, object] | None = None
+
+
+@dataclass
+class _Prepared:
+    """A run with its inputs loaded and its net built, ready to fit."""
+
+    spec: RestoreSpec
+    run: RunConfig
+    measurement: Measurement
+    reference: Tensor | None
+    device: torch.device
+    out_dir: Path
+    job: BatchJob
+    setup: dict[str, Any]
+
+    def batch_key(self) -> tuple[Any, ...] | None:
+        """Runs with equal keys can share one batched model; ``None``: this one runs alone."""
+        if self.run.fit.backtrack_rule != "rollback":
+            return None
+        return (repr(self.run.net), repr(self.run.fit), str(self.device), tuple(self.job.z.shape),
+                tuple(self.job.y.shape), self.job.crop, type(self.job.physics).__name__)
+
+
 def restore(
     spec: RestoreSpec,
     inputs: RestoreInputs,
@@ -149,43 +193,142 @@ def restore(
     Raises:
         dip_engine.errors.InputError: unreadable inputs or inconsistent options.
     """
-    validate_spec(spec, max_iterations=max_iterations)
+    limits = RestoreLimits(checkpoint_every=checkpoint_every, resume=resume, max_pixels=max_pixels,
+                           max_iterations=max_iterations, max_snapshots=max_snapshots)
+    prepared = _prepare(RestoreRequest(spec, inputs, Path(out_dir), callbacks, overrides), limits)
+    started = time.monotonic()
+    fitted = fit(**_fit_arguments(prepared.job), config=prepared.run.fit)
+    return _finish(prepared, fitted, time.monotonic() - started)
+
+
+def restore_batch(
+    requests: Sequence[RestoreRequest],
+    limits: RestoreLimits = RestoreLimits(),
+    *,
+    isolate: tuple[type[Exception], ...] = (),
+) -> list[RestoreResult | Exception]:
+    """Run several restorations, training those that can share a model as one batch.
+
+    Runs whose nets, loop settings, shapes and device agree are fitted together by
+    :func:`~dip_engine.batched.fit_batch` (one forward and backward for all of them); the
+    others one by one with :func:`~dip_engine.fit.fit`. Each writes the same outputs as
+    :func:`restore` would.
+
+    Args:
+        requests: the runs.
+        limits: what the service allows each run.
+        isolate: exception types that end one run alone (see :func:`~dip_engine.batched.fit_batch`).
+            :class:`~dip_engine.errors.InputError` always does: a bad input fails its own run.
+
+    Returns:
+        One entry per request, in order: its result, or the exception that ended it (then
+        nothing more was written for it).
+    """
+    outcomes: list[RestoreResult | Exception | None] = [None] * len(requests)
+    groups: dict[Any, list[tuple[int, _Prepared]]] = {}
+    for i, request in enumerate(requests):
+        try:
+            prepared = _prepare(request, limits)
+        except (InputError, *isolate) as error:
+            outcomes[i] = error
+            continue
+        key = prepared.batch_key()
+        groups.setdefault(key if key is not None else ("alone", i), []).append((i, prepared))
+    for members in groups.values():
+        started = time.monotonic()
+        if len(members) == 1:
+            try:
+                fitted: list[FitResult | Exception] = [fit(**_fit_arguments(members[0][1].job),
+                                                           config=members[0][1].run.fit)]
+            except isolate as error:
+                fitted = [error]
+        else:
+            fitted = fit_batch([prepared.job for _, prepared in members], config=members[0][1].run.fit,
+                               isolate=isolate)
+        wall_s = time.monotonic() - started
+        for (i, prepared), outcome in zip(members, fitted):
+            if isinstance(outcome, Exception):
+                outcomes[i] = outcome
+                continue
+            prepared.setup["batch_size"] = len(members)
+            outcomes[i] = _finish(prepared, outcome, wall_s)
+    return [outcome for outcome in outcomes if outcome is not None]
+
+
+def _fit_arguments(job: BatchJob) -> dict[str, Any]:
+    return {"net": job.net, "z": job.z, "y": job.y, "physics": job.physics, "reference": job.reference,
+            "crop": job.crop, "callbacks": job.callbacks, "checkpoint": job.checkpoint,
+            "snapshot": job.snapshot, "generator": job.generator, "noise_sigma": job.noise_sigma}
+
+
+def _prepare(request: RestoreRequest, limits: RestoreLimits) -> _Prepared:
+    spec = request.spec
+    validate_spec(spec, max_iterations=limits.max_iterations)
+    inputs = request.inputs
     measurement = build_measurement(
-        spec, inputs.image, mask=inputs.mask, kernel=inputs.kernel, reference=inputs.reference, max_pixels=max_pixels
+        spec, inputs.image, mask=inputs.mask, kernel=inputs.kernel, reference=inputs.reference,
+        max_pixels=limits.max_pixels,
     )
     run = resolve(spec, scattered=measurement.scattered_mask or spec.drop_fraction is not None)
-    if max_snapshots is not None:
-        run = replace(run, fit=replace(run.fit, max_snapshots=max_snapshots))
-    if overrides:
+    if limits.max_snapshots is not None:
+        run = replace(run, fit=replace(run.fit, max_snapshots=limits.max_snapshots))
+    if request.overrides:
         try:
-            run = apply_overrides(run, overrides)
+            run = apply_overrides(run, request.overrides)
         except (ValueError, TypeError) as exc:
             raise InputError("invalid_parameter", str(exc)) from None
     device = pick_device(spec.device)
     if device.type == "cuda":
         configure_determinism(spec.deterministic)
-    out_dir = Path(out_dir)
+    out_dir = Path(request.out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
 
     checkpoint = None
-    if checkpoint_every:
-        checkpoint = CheckpointConfig(out_dir / CHECKPOINT_NAME, every=checkpoint_every, resume=resume)
+    if limits.checkpoint_every:
+        checkpoint = CheckpointConfig(out_dir / CHECKPOINT_NAME, every=limits.checkpoint_every, resume=limits.resume)
         marker = out_dir / "checkpoint.json"
         fingerprint = _fingerprint(spec, run)
-        if checkpoint.path.exists() and (not resume or not marker.exists() or marker.read_text() != fingerprint):
+        if checkpoint.path.exists() and (not limits.resume or not marker.exists() or marker.read_text() != fingerprint):
             checkpoint.path.unlink()
         marker.write_text(fingerprint)
 
     reference = _to_tensor(measurement.reference, device) if measurement.reference is not None else None
-    fitted, setup = _run(spec, run, measurement, reference, device, out_dir, callbacks, checkpoint)
-    result = _write_outputs(spec, run, measurement, reference, fitted, setup, out_dir, device)
+    job, setup = _build(spec, run, measurement, reference, device, out_dir, request.callbacks, checkpoint)
+    return _Prepared(spec, run, measurement, reference, device, out_dir, job, setup)
+
+
+def _finish(prepared: _Prepared, fitted: FitResult, wall_s: float) -> RestoreResult:
+    """Write the outputs of a fitted run, and drop its checkpoint unless it was canceled."""
+    prepared.setup["wall_s"] = wall_s
+    fitted = _keep_measured(prepared, fitted)
+    result = _write_outputs(prepared.spec, prepared.run, prepared.measurement, prepared.reference, fitted,
+                            prepared.setup, prepared.out_dir, prepared.device)
+    checkpoint = prepared.job.checkpoint
     if checkpoint is not None and result.stop_reason != "canceled":
         checkpoint.path.unlink(missing_ok=True)
-        (out_dir / "checkpoint.json").unlink(missing_ok=True)
+        (prepared.out_dir / "checkpoint.json").unlink(missing_ok=True)
     return result
 
 
-def _run(
+def _keep_measured(prepared: _Prepared, fitted: FitResult) -> FitResult:
+    """Where the measurement is exact (inpainting's known pixels, no noise), the outputs take
+    the measured values: the net only approximates them, and they are the truth."""
+    measurement = prepared.measurement
+    noise_free = prepared.setup["noise_sigma_estimate"] <= NOISE_FREE_SIGMA
+    keep = get_problem(prepared.spec.task).exact_where_measured and measurement.mask is not None and noise_free
+    prepared.setup["kept_measured"] = keep
+    if not keep:
+        return fitted
+    known = torch.from_numpy(np.ascontiguousarray(measurement.mask))[None, None].to(prepared.device)
+    y = _to_tensor(measurement.y, prepared.device)
+    best = torch.where(known, y, fitted.best)
+    # The best iterate is scored as it is written, so the detection gap compares like with like.
+    best_psnr = fitted.best_psnr if prepared.reference is None else _psnr(best, prepared.reference)
+    return replace(fitted, output=torch.where(known, y, fitted.output), best=best,
+                   last=torch.where(known, y, fitted.last), best_psnr=best_psnr)
+
+
+def _build(
     spec: RestoreSpec,
     run: RunConfig,
     measurement: Measurement,
@@ -194,7 +337,7 @@ def _run(
     out_dir: Path,
     callbacks: Sequence[Callback],
     checkpoint: CheckpointConfig | None,
-) -> tuple[FitResult, dict[str, Any]]:
+) -> tuple[BatchJob, dict[str, Any]]:
     height, width = measurement.output_size
     factor = height // measurement.y.shape[0]
     multiple = run.net.size_multiple // math.gcd(run.net.size_multiple, factor)
@@ -224,22 +367,19 @@ def _run(
     # The user's noise level when given, else the wavelet estimate: what the early-stopping gate waits for.
     noise_sigma = (spec.noise_sigma / 255.0 if spec.noise_sigma is not None
                    else estimate_noise_sigma(measurement.y, known=measurement.mask))
-    started = time.monotonic()
-    fitted = fit(
-        net, z, _to_tensor(y, device), physics,
-        config=run.fit, reference=reference, crop=(height, width), callbacks=callbacks,
-        checkpoint=checkpoint, snapshot=snapshot, generator=jitter, noise_sigma=noise_sigma,
-    )
+    job = BatchJob(net=net, z=z, y=_to_tensor(y, device), physics=physics, reference=reference,
+                   crop=(height, width), callbacks=callbacks, checkpoint=checkpoint, snapshot=snapshot,
+                   generator=jitter, noise_sigma=noise_sigma)
     setup = {
         "noise_sigma_estimate": noise_sigma,
         "noise_sigma_source": "given" if spec.noise_sigma is not None else "estimated",
         "device": str(device),
         "precision": resolve_precision(run.fit.precision, device),
         "parameters": sum(p.numel() for p in net.parameters()),
-        "wall_s": time.monotonic() - started,
+        "batch_size": 1,
         "padded_measurement": list(y.shape[:2]),
     }
-    return fitted, setup
+    return job, setup
 
 
 def _psnr(x: Tensor, reference: Tensor | None) -> float | None:

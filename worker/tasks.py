@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Sequence
+from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
@@ -15,8 +17,9 @@ from api.layout import OUT_DIR, job_dir, output_file_name
 from api.schemas import JobCreate
 from api.store import Claim, ClaimOutcome, JobRecord, JobStatus, WorkerStore
 from dip_engine.errors import InputError
-from dip_engine.restore import RestoreInputs, restore
+from dip_engine.restore import RestoreInputs, RestoreLimits, RestoreRequest, RestoreResult, restore_batch
 from stack.process import pid_alive
+from worker.batching import gather
 from worker.celery_app import RESTORE_TASK
 from worker.fault_injection import maybe_crash
 from worker.lease import LeaseKeeper, LeaseLost
@@ -61,10 +64,15 @@ def restore_job(self: JobTask, job_id: str) -> str:
     maybe_crash("crash_on_start", job_id)
     # The job's own limit travels in its message (Celery enforces it); else the workers' default.
     time_limit_s = (self.request.timelimit or (None, None))[1] or settings.soft_time_limit_s
-    status = run_job(self.store, claim, settings, worker=f"{node}:{os.getppid()}", parent_pid=os.getppid(),
-                     send=worker_sender(self.app, settings), time_limit_s=time_limit_s)
-    log.info("job %s: %s", job_id, "lease lost, left to its new holder" if status is None else status.value)
-    return "lease_lost" if status is None else status.value
+    claims = [claim, *gather(self.store, claim, settings, worker=f"{node}:{os.getpid()}")]
+    if len(claims) > 1:
+        log.info("job %s: batched with %s", job_id, ", ".join(c.record.id for c in claims[1:] if c.record))
+    statuses = run_jobs(self.store, claims, settings, worker=f"{node}:{os.getppid()}", parent_pid=os.getppid(),
+                        send=worker_sender(self.app, settings), time_limit_s=time_limit_s)
+    for each, status in zip(claims, statuses):
+        log.info("job %s: %s", each.record.id if each.record else job_id,
+                 "lease lost, left to its new holder" if status is None else status.value)
+    return "lease_lost" if statuses[0] is None else statuses[0].value
 
 
 def _claim(store: WorkerStore, job_id: str, *, node: str, settings: Settings) -> Claim:
@@ -84,66 +92,96 @@ def _died_here(holder: str, node: str) -> bool:
     return holder_node == node and pid.isdigit() and not pid_alive(int(pid))
 
 
-def run_job(store: WorkerStore, claim: Claim, settings: Settings, *, worker: str, send: Send,
-            parent_pid: int | None = None, time_limit_s: float | None = None) -> JobStatus | None:
-    """Run the engine on a claimed job and write how it ended.
+def run_jobs(store: WorkerStore, claims: Sequence[Claim], settings: Settings, *, worker: str, send: Send,
+             parent_pid: int | None = None, time_limit_s: float | None = None) -> list[JobStatus | None]:
+    """Run the engine on claimed jobs, as one batch where they can share a model, and write
+    how each ended.
 
     ``time_limit_s`` is the soft time limit this run is under (for the error message).
 
     Returns:
-        The final status; ``queued`` if it was handed back (the worker is shutting
-        down); ``None`` if the lease was lost (another worker runs it: nothing written).
+        Each job's final status, in order; ``queued`` if it was handed back (the worker is
+        shutting down); ``None`` if its lease was lost (another worker runs it: nothing written).
     """
-    record = claim.record
-    assert record is not None
-    directory = job_dir(settings.results_dir, record.id)
-    with LeaseKeeper(store, record.id, claim.token, lease_s=settings.lease_s) as lease:
-        reporter = JobReporter(store, lease, directory, progress_interval_s=settings.progress_interval_s,
-                               worker=worker, parent_pid=parent_pid)
-        error: tuple[str, str] | None = None
+    records = [claim.record for claim in claims]
+    assert all(record is not None for record in records)
+    directories = [job_dir(settings.results_dir, record.id) for record in records]  # type: ignore[union-attr]
+    with ExitStack() as held:
+        leases = [held.enter_context(LeaseKeeper(store, record.id, claim.token, lease_s=settings.lease_s))
+                  for claim, record in zip(claims, records)]  # type: ignore[union-attr]
+        reporters = [JobReporter(store, lease, directory, progress_interval_s=settings.progress_interval_s,
+                                 worker=worker, parent_pid=parent_pid)
+                     for lease, directory in zip(leases, directories)]
+        outcomes: list[RestoreResult | tuple[str, str] | None] = [None] * len(claims)
+        requests: dict[int, RestoreRequest] = {}
+        for i, (record, directory, reporter) in enumerate(zip(records, directories, reporters)):
+            try:
+                requests[i] = _request(record, directory, reporter, settings)  # type: ignore[arg-type]
+            except InputError as exc:
+                outcomes[i] = (exc.code, exc.message)
+            except Exception as exc:  # noqa: BLE001 - a record the engine cannot read fails that job only
+                log.exception("job %s failed", record.id)  # type: ignore[union-attr]
+                outcomes[i] = ("internal_error", f"{type(exc).__name__}: {exc}")
+        limits = RestoreLimits(checkpoint_every=settings.checkpoint_every, resume=True,
+                               max_pixels=settings.max_pixels, max_iterations=settings.max_iterations,
+                               max_snapshots=settings.max_snapshots)
         try:
-            spec = JobCreate.model_validate(record.params).to_spec(device=select_device(settings.device),
-                                                                   deterministic=settings.deterministic)
-            inputs = RestoreInputs(image=_input(record, directory, "input."),
-                                   mask=_input(record, directory, "mask."),
-                                   kernel=_input(record, directory, "kernel."),
-                                   reference=_input(record, directory, "reference."))
-            result = restore(spec, inputs, directory / OUT_DIR, callbacks=[reporter],
-                             checkpoint_every=settings.checkpoint_every, resume=True,
-                             max_pixels=settings.max_pixels, max_iterations=settings.max_iterations,
-                             max_snapshots=settings.max_snapshots)
-        except LeaseLost as exc:
-            log.warning("%s; stopping without writing its end", exc)
-            return None
-        except InputError as exc:
-            error = (exc.code, exc.message)
+            ran = restore_batch(list(requests.values()), limits, isolate=(LeaseLost,))
+            for i, result in zip(requests, ran):
+                outcomes[i] = (result.code, result.message) if isinstance(result, InputError) else result  # type: ignore[assignment]
         except SoftTimeLimitExceeded:
             limit_s = time_limit_s or settings.soft_time_limit_s
-            error = ("time_limit", f"the job ran longer than its {limit_s:g} s time limit")
-        except Exception as exc:  # noqa: BLE001 - any engine failure ends the job, never the worker
-            log.exception("job %s failed", record.id)
-            error = ("internal_error", f"{type(exc).__name__}: {exc}")
-        reporter.flush(within_s=settings.redis_retry_s)
-        if error is None and reporter.handed_back:
-            lease.stop()
-            return _hand_back(store, lease, settings, send)
-        status = JobStatus.failed
-        fields: dict[str, Any] = {}
-        files: dict[str, str] = {}
-        if error is None:
-            status = JobStatus.canceled if result.stop_reason == "canceled" else JobStatus.succeeded
-            files = {output_file_name(kind, path): path.relative_to(directory).as_posix()
-                     for kind, path in result.files.items() if path.is_file()}
-            fields = {"stop_reason": result.stop_reason, "iteration": result.iterations,
-                      "best_iteration": result.best_iteration, "early_stop_iteration": result.early_stop_iteration,
-                      "psnr_best": result.psnr_best, "psnr_output": result.psnr_output}
-        # The lease is still renewed while this waits out a Redis outage.
-        recorded = until_redis_answers(
-            lambda: store.finish(record.id, status, token=lease.token, fields=fields, files=files, error=error),
-            within_s=settings.redis_retry_s, what=f"the end of job {record.id}")
+            for i in requests:
+                outcomes[i] = ("time_limit", f"the job ran longer than its {limit_s:g} s time limit")
+        except Exception as exc:  # noqa: BLE001 - any engine failure ends the jobs, never the worker
+            log.exception("jobs %s failed", ", ".join(r.id for r in records))  # type: ignore[union-attr]
+            for i in requests:
+                outcomes[i] = ("internal_error", f"{type(exc).__name__}: {exc}")
+        return [_end(store, lease, reporter, directory, outcome, settings, send)
+                for lease, reporter, directory, outcome in zip(leases, reporters, directories, outcomes)]
+
+
+def _request(record: JobRecord, directory: Path, reporter: JobReporter, settings: Settings) -> RestoreRequest:
+    spec = JobCreate.model_validate(record.params).to_spec(device=select_device(settings.device),
+                                                           deterministic=settings.deterministic)
+    inputs = RestoreInputs(image=_input(record, directory, "input."), mask=_input(record, directory, "mask."),
+                           kernel=_input(record, directory, "kernel."),
+                           reference=_input(record, directory, "reference."))
+    return RestoreRequest(spec, inputs, directory / OUT_DIR, callbacks=[reporter])
+
+
+def _end(store: WorkerStore, lease: LeaseKeeper, reporter: JobReporter, directory: Path,
+         outcome: RestoreResult | tuple[str, str] | Exception | None, settings: Settings,
+         send: Send) -> JobStatus | None:
+    """Record how one job ended: its result, its error, or its hand-back."""
+    job_id = lease.job_id
+    if isinstance(outcome, LeaseLost):
+        log.warning("%s; stopping without writing its end", outcome)
+        return None
+    reporter.flush(within_s=settings.redis_retry_s)
+    if isinstance(outcome, RestoreResult) and reporter.handed_back:
+        lease.stop()
+        return _hand_back(store, lease, settings, send)
+    status = JobStatus.failed
+    fields: dict[str, Any] = {}
+    files: dict[str, str] = {}
+    error = outcome if isinstance(outcome, tuple) else None
+    if isinstance(outcome, RestoreResult):
+        status = JobStatus.canceled if outcome.stop_reason == "canceled" else JobStatus.succeeded
+        files = {output_file_name(kind, path): path.relative_to(directory).as_posix()
+                 for kind, path in outcome.files.items() if path.is_file()}
+        fields = {"stop_reason": outcome.stop_reason, "iteration": outcome.iterations,
+                  "best_iteration": outcome.best_iteration, "early_stop_iteration": outcome.early_stop_iteration,
+                  "psnr_best": outcome.psnr_best, "psnr_output": outcome.psnr_output}
+    elif error is None:
+        error = ("internal_error", "the run ended without a result")
+    # The lease is still renewed while this waits out a Redis outage.
+    recorded = until_redis_answers(
+        lambda: store.finish(job_id, status, token=lease.token, fields=fields, files=files, error=error),
+        within_s=settings.redis_retry_s, what=f"the end of job {job_id}")
     if not recorded:
         log.warning("job %s no longer held by this worker (taken over or deleted); its end (%s) is not recorded",
-                    record.id, status.value)
+                    job_id, status.value)
         return None
     return status
 

@@ -165,6 +165,10 @@ class WorkerStore(StoreBase):
     def confirm_dispatch(self, job_id: str, *, dispatch_id: str) -> None:
         self._scripts.confirm_dispatch(**self._job_call(job_id, dispatch_id, extra_keys=(self.keys.leases,)))
 
+    def queued_ids(self, *, limit: int = 100) -> list[str]:
+        """Ids of queued jobs, oldest first (what a batching worker looks through for company)."""
+        return self.client.zrange(self.keys.by_status(JobStatus.queued), 0, limit - 1)
+
     def time_limit_s(self, job_id: str) -> int | None:
         """The job's own wall-time limit per run, as recorded at submission (``None``: none)."""
         raw = self.client.hget(self.keys.job(job_id), "time_limit_s")

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import io
 import math
 
@@ -298,6 +300,22 @@ def test_the_expected_end_is_patience_after_the_minimum_once_the_gate_is_open() 
     assert detector.expected_end(3000) == 400 and detector.expected_end(350) == 350
     detector.update_variance(200, torch.tensor(0.5), torch.zeros(1))  # a new minimum moves it on
     assert detector.expected_end(3000) == 500
+
+
+def test_before_the_gate_a_noisy_run_expects_its_typical_end_and_a_noise_free_one_the_cap() -> None:
+    config = EarlyStopConfig(window=2, patience=300, noise_gate=1.0)
+    noisy = EarlyStopping(config, noise_sigma=25 / 255, pixels=96 * 96)
+    typical = int(1.2 * (96 * 96) ** 0.7) + 300  # early_stopping.TYPICAL_END
+    assert noisy.expected_end(3000, 100) == typical < 3000
+    # Past its typical end with the gate still shut: not before patience from now.
+    assert noisy.expected_end(3000, typical) == typical + 300
+    assert noisy.expected_end(3000, 2900) == 3000
+    for quiet in (EarlyStopping(config, noise_sigma=2 / 255, pixels=96 * 96),  # noise-free: may never open
+                  EarlyStopping(config, noise_sigma=25 / 255),  # size unknown
+                  EarlyStopping(replace(config, noise_gate=None), noise_sigma=25 / 255, pixels=96 * 96)):
+        assert quiet.expected_end(3000, 100) == 3000
+    # A large image's typical end lies past the cap.
+    assert EarlyStopping(config, noise_sigma=25 / 255, pixels=512 * 512).expected_end(3000, 100) == 3000
 
 
 def test_fit_state_eta_uses_the_expected_end_and_never_runs_past_the_cap() -> None:

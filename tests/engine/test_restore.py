@@ -189,6 +189,27 @@ def test_scattered_masks_pick_the_random_pixel_preset(tmp_path: Path, make_image
     assert net_of(block)["upsample_mode"] == "nearest" and net_of(block)["skip_channels"] > 4
 
 
+@pytest.mark.parametrize(("noise_sigma", "kept"), [(None, True), (0.0, True), (25.0, False)],
+                         ids=["clean-estimated", "clean-given", "noisy"])
+def test_noise_free_inpainting_keeps_the_known_pixels(tmp_path: Path, noise_sigma: float | None, kept: bool) -> None:
+    ys, xs = np.mgrid[0:64, 0:64] / 63
+    # Smooth and noise-free (the shared test image has noise in it, and its estimate says so).
+    image = np.rint(255 * np.stack([0.2 + 0.6 * xs, 0.3 + 0.4 * ys, 0.5 + 0.3 * np.sin(4 * xs + 3 * ys)], -1))
+    image = image.astype(np.uint8)
+    source = _save(tmp_path / "in.png", image, "RGB")
+    known = np.random.default_rng(1).random((64, 64)) < 0.5
+    mask = tmp_path / "mask.png"
+    Image.fromarray(np.where(known, 255, 0).astype(np.uint8)).save(mask)
+    result = restore(_spec("inpaint", iterations=6, noise_sigma=noise_sigma), RestoreInputs(source, mask=mask),
+                     tmp_path / "out")
+    assert result.metrics["setup"]["kept_measured"] is kept
+    for name in ("result", "best", "last"):
+        written = np.asarray(_open(result.files[name]).convert("RGB"))
+        # Six iterations fit nothing exactly: only a kept pixel equals its measured value everywhere.
+        assert np.array_equal(written[known], image[known]) is kept
+        assert not np.array_equal(written[~known], image[~known])
+
+
 def test_bad_input_raises_before_anything_is_written(tmp_path: Path, make_image: ImageMaker) -> None:
     source = _save(tmp_path / "in.png", make_image(64, 64), "RGB")
     out = tmp_path / "out"

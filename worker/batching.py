@@ -1,0 +1,86 @@
+"""Company for a claimed job: queued jobs that can be trained with it as one batched model.
+
+A worker with ``DIP_BATCH_MAX`` > 1 that has claimed a job looks through the queue, for up
+to ``DIP_BATCH_WAIT_S``, for jobs that ask for the same run on an image of the same size,
+and claims them too. Their own messages, delivered later, find them held (or finished) and
+are dropped, as any duplicate delivery is. If this worker dies, their leases lapse and the
+reaper re-queues each of them, as for a job run alone.
+
+Only the record and the image's header are read here; the engine has the last word
+(:func:`dip_engine.restore.restore_batch` trains together only the runs whose nets, loops
+and shapes agree, and the others one by one).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+from PIL import Image
+
+from api.config import Settings
+from api.layout import job_dir
+from api.store import Claim, ClaimOutcome, JobRecord, JobStatus, WorkerStore
+from worker.outage import UNREACHABLE
+
+log = logging.getLogger(__name__)
+
+# Parameters that differ between jobs of one batch: each job keeps its own.
+PER_JOB = frozenset({"seed", "noise_sigma", "add_noise_sigma", "drop_fraction"})
+POLL_S = 0.2
+
+
+def batch_key(record: JobRecord, results_dir: Path) -> tuple[Any, ...] | None:
+    """What jobs of one batch share; ``None`` when the job's image cannot be read."""
+    name = next((name for name in record.files if name.startswith("input.")), None)
+    if name is None:
+        return None
+    try:
+        with Image.open(job_dir(results_dir, record.id) / record.files[name]) as image:
+            size = image.size
+    except (OSError, ValueError):
+        return None  # the engine reports a bad input with its own message
+    params = {key: value for key, value in record.params.items() if key not in PER_JOB}
+    masked = any(name.startswith("mask.") for name in record.files)
+    return record.task, repr(sorted(params.items())), size, masked
+
+
+def gather(store: WorkerStore, leader: Claim, settings: Settings, *, worker: str) -> list[Claim]:
+    """Claim up to ``batch_max - 1`` queued jobs that can share ``leader``'s batch, looking
+    for up to ``batch_wait_s``. Returns their claims (none when batching is off)."""
+    if settings.batch_max <= 1 or leader.record is None:
+        return []
+    key = batch_key(leader.record, settings.results_dir)
+    if key is None:
+        return []
+    time_limit = store.time_limit_s(leader.record.id)
+    taken = {leader.record.id}
+    joined: list[Claim] = []
+    deadline = time.monotonic() + settings.batch_wait_s
+    try:
+        while True:
+            for job_id in store.queued_ids(limit=4 * settings.batch_max + 16):
+                if job_id in taken:
+                    continue
+                record = store.get(job_id)
+                if (record is None or record.status is not JobStatus.queued or record.cancel_requested
+                        or batch_key(record, settings.results_dir) != key
+                        or store.time_limit_s(job_id) != time_limit):
+                    continue
+                claim = store.claim(job_id, worker=worker, max_attempts=settings.max_attempts,
+                                    lease_s=settings.lease_s)
+                if claim.outcome is ClaimOutcome.claimed and claim.record is not None:
+                    joined.append(claim)
+                    taken.add(job_id)
+                    if len(joined) + 1 >= settings.batch_max:
+                        return joined
+            if time.monotonic() >= deadline:
+                return joined
+            time.sleep(POLL_S)
+    except UNREACHABLE as exc:
+        # The claimed jobs are held and run; any others wait for a worker of their own.
+        log.warning("job %s: Redis unreachable while looking for jobs to batch with it (%s); running %d",
+                    leader.record.id, exc, len(joined) + 1)
+        return joined
