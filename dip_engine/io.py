@@ -17,6 +17,7 @@ from __future__ import annotations
 import io
 import os
 import tempfile
+import warnings
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -33,6 +34,10 @@ ResizeMethod = Literal["bicubic", "lanczos", "bilinear"]
 
 _GRAY_MODES = frozenset({"1", "L", "LA", "La", "I", "I;16", "I;16L", "I;16B", "I;16N", "F"})
 _HIGH_DEPTH_MODES = frozenset({"I", "I;16", "I;16L", "I;16B", "I;16N", "F"})
+# The containers Pillow may open: photo and lossless formats whose opener reads only the header.
+# Others (ICO and ICNS embed a PNG that their opener decodes at once; PSD, EPS, ...) are refused
+# before any of their data is decoded. (Pillow's JPEG opener also reads the MPO files of phone cameras.)
+IMAGE_FORMATS = ("PNG", "JPEG", "TIFF", "BMP", "WEBP", "PPM", "GIF")
 _RESAMPLE = {
     "bicubic": Image.Resampling.BICUBIC,
     "lanczos": Image.Resampling.LANCZOS,
@@ -301,8 +306,11 @@ def _read_image(
     if isinstance(min_size, bool) or not isinstance(min_size, int) or min_size < 1:
         raise ValueError(f"min_size must be a positive int, got {min_size!r}")
 
-    with _open_stream(source, what) as stream, _pillow_errors(what):
-        with Image.open(stream) as opened:
+    with _open_stream(source, what) as stream, _pillow_errors(what), warnings.catch_warnings():
+        # Pillow only warns about an image between its pixel limit and twice it: refuse it.
+        warnings.simplefilter("error", Image.DecompressionBombWarning)
+        Image.init()  # registers the openers past the five Pillow loads first (TIFF, WebP)
+        with Image.open(stream, formats=IMAGE_FORMATS) as opened:
             width, height = opened.size
             pixel_count = width * height
             pillow_limit = Image.MAX_IMAGE_PIXELS
@@ -400,9 +408,10 @@ def _pillow_errors(what: str) -> Iterator[None]:
         raise
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
         # The warning arrives as an exception only when warnings are errors.
-        raise InputError("image_too_large", f"{what} is too large to decode safely: {exc}") from exc
+        raise InputError("image_too_large", f"{what} is above Pillow's decompression-bomb limit: {exc}") from exc
     except UnidentifiedImageError as exc:
-        raise InputError("invalid_image", f"{what} is not a recognised image file") from exc
+        raise InputError("invalid_image", f"{what} is not a recognised image file (accepted: "
+                         f"{', '.join(IMAGE_FORMATS)})") from exc
     except Exception as exc:  # noqa: BLE001 - decoders raise OSError, ValueError, SyntaxError, struct.error...
         raise InputError("invalid_image", f"{what} is truncated or corrupt: {exc}") from exc
 

@@ -23,6 +23,7 @@ from PIL import Image
 from api.config import Settings
 from api.layout import job_dir
 from api.store import Claim, ClaimOutcome, JobRecord, JobStatus, WorkerStore
+from dip_engine.io import IMAGE_FORMATS
 from worker.outage import UNREACHABLE
 
 log = logging.getLogger(__name__)
@@ -38,7 +39,7 @@ def batch_key(record: JobRecord, results_dir: Path) -> tuple[Any, ...] | None:
     if name is None:
         return None
     try:
-        with Image.open(job_dir(results_dir, record.id) / record.files[name]) as image:
+        with Image.open(job_dir(results_dir, record.id) / record.files[name], formats=IMAGE_FORMATS) as image:
             size = image.size
     except (OSError, ValueError):
         return None  # the engine reports a bad input with its own message

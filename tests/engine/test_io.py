@@ -6,6 +6,7 @@ import io
 import struct
 import subprocess
 import sys
+import time
 import warnings
 import zlib
 from pathlib import Path
@@ -201,6 +202,61 @@ def test_empty_and_non_image_bytes_are_invalid(data, fragment):
         with pytest.raises(InputError, match=fragment) as excinfo:
             reader(data)
         assert_code(excinfo, "invalid_image")
+
+
+def ico_around(png: bytes) -> bytes:
+    """An ICO file whose one entry is ``png`` (ICO entries may be whole PNG files)."""
+    header = struct.pack("<HHH", 0, 1, 1)
+    entry = struct.pack("<BBBBHHII", 0, 0, 0, 0, 1, 32, len(png), 6 + 16)
+    return header + entry + png
+
+
+def ico_bomb(side: int = 13000) -> bytes:
+    """Under a megabyte of ICO around a side x side RGBA PNG of zeros, which Pillow's ICO opener
+    decodes inside ``Image.open`` (about 680 MB at 13000). Compressed row by row, so that making
+    it costs no memory."""
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    packer, row = zlib.compressobj(9), bytes(1 + 4 * side)  # filter byte + RGBA
+    pixels = b"".join(packer.compress(row) for _ in range(side)) + packer.flush()
+    png = (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", side, side, 8, 6, 0, 0, 0))
+           + chunk(b"IDAT", pixels) + chunk(b"IEND", b""))
+    return ico_around(png)
+
+
+def test_an_ico_bomb_is_refused_before_anything_is_decoded():
+    import resource
+
+    bomb = ico_bomb()
+    assert len(bomb) < 1_000_000
+    peak_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # kB on Linux
+    started = time.monotonic()
+    for reader in (inspect_image, load_image):
+        with pytest.raises(InputError, match="not a recognised image") as excinfo:
+            reader(bomb)
+        assert_code(excinfo, "invalid_image")
+    assert time.monotonic() - started < 1.0  # decoding takes seconds
+    # Decoding it would have raised the peak by hundreds of MB.
+    assert resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - peak_before < 100_000
+
+
+def test_formats_outside_the_allowlist_are_refused_even_when_small():
+    small_ico = encode(Image.fromarray(gradient(16, 16)).convert("RGB"), "ICO")
+    with pytest.raises(InputError, match="accepted: PNG, JPEG") as excinfo:
+        load_image(small_ico)
+    assert_code(excinfo, "invalid_image")
+    for fmt in ("PNG", "JPEG", "TIFF", "BMP", "WEBP", "PPM", "GIF"):
+        assert load_image(encode(Image.fromarray(gradient(16, 16)).convert("RGB"), fmt)).info.width == 16
+
+
+def test_an_image_between_pillows_limit_and_twice_it_is_refused(monkeypatch):
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1000)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # as a server runs: the refusal must not depend on the caller's filters
+        with pytest.raises(InputError) as excinfo:
+            load_image(encode(Image.fromarray(gradient(40, 40))))
+    assert_code(excinfo, "image_too_large")
 
 
 def test_truncated_png_is_invalid():

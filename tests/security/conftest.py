@@ -64,6 +64,12 @@ class Api:
     logs: Path
     keys: dict[str, str] = field(default_factory=lambda: dict(KEYS))
     clients: list[httpx.Client] = field(default_factory=list)
+    pids: dict[str, int] = field(default_factory=dict)
+
+    def peak_memory_kb(self, name: str = "api") -> int:
+        """The peak resident memory of the ``name`` process so far (Linux ``VmHWM``)."""
+        status = Path(f"/proc/{self.pids[name]}/status").read_text()
+        return int(next(line.split()[1] for line in status.splitlines() if line.startswith("VmHWM:")))
 
     def client(self, who: str | None = None, **headers: str) -> httpx.Client:
         """An HTTP client sending ``who``'s key (``None``: no key)."""
@@ -197,7 +203,8 @@ def _running_api(redis_url: str, workdir: Path, *, worker: bool, **settings: str
         with (logs / f"{name}.log").open("wb") as log:
             processes[name] = subprocess.Popen(argv, cwd=REPO_ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
                                                start_new_session=True)
-    api = Api(url=f"http://127.0.0.1:{port}", redis=client, results_dir=results_dir, queue=queue, logs=logs)
+    api = Api(url=f"http://127.0.0.1:{port}", redis=client, results_dir=results_dir, queue=queue, logs=logs,
+              pids={name: process.pid for name, process in processes.items()})
     try:
         deadline = time.monotonic() + STARTUP_TIMEOUT_S
         while True:

@@ -86,6 +86,20 @@ def test_a_decompression_bomb_is_refused_before_decoding(api: Any, error_of: Any
     assert api.state() == before
 
 
+def test_an_ico_bomb_is_refused_at_once_and_the_api_memory_stays_flat(api: Any, error_of: Any) -> None:
+    from tests.engine.test_io import ico_bomb
+
+    bomb = ico_bomb()  # Pillow's ICO opener would decode ~680 MB inside Image.open
+    peak_before = api.peak_memory_kb()
+    before = api.state()
+    started = time.monotonic()
+    message = error_of(api.submit(api.client("alice"), bomb), 422, "invalid_image")
+    assert time.monotonic() - started < 1.0
+    assert "accepted: PNG" in message
+    assert api.peak_memory_kb() - peak_before < 100_000
+    assert api.state() == before
+
+
 def test_an_endless_upload_is_cut_off_at_the_cap(api: Any, error_of: Any) -> None:
     """A chunked upload with no announced length: the server answers 413 once the file
     passes the cap, long before the client would have finished, and keeps none of it."""
