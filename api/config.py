@@ -71,6 +71,9 @@ class Settings(BaseSettings):
     redis_retry_s: float = Field(120.0, gt=0, description="How long a worker retries a job's final "
                                  "write while Redis is unreachable.")
 
+    allow_eviction: bool = Field(False, description="Run even on a Redis whose maxmemory-policy may evict "
+                                 "keys (volatile-* or allkeys-*), which can silently delete jobs.")
+
     device: str = Field("auto", description="Worker device: auto, cpu or cuda.")
     deterministic: bool = Field(False, description="GPU workers: repeatable seeded runs (deterministic "
                                 "cuDNN and PyTorch algorithms, no autotuning); slower.")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
@@ -13,7 +14,9 @@ from api.deps import document_access
 from api.errors import install_error_handlers
 from api.queue import JobQueue
 from api.routes import events, health, jobs, results
-from api.store import JobStore
+from api.store import JobStore, eviction_refusal
+
+log = logging.getLogger(__name__)
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
@@ -27,6 +30,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                                "(`dip serve` starts one and sets it)")
         settings.results_dir.mkdir(parents=True, exist_ok=True)
         app.state.store = JobStore.from_url(settings.redis_url, retention_s=settings.retention_s)
+        await _check_eviction(app.state.store, settings)
         app.state.queue = JobQueue.from_settings(settings)
         try:
             yield
@@ -46,3 +50,16 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.include_router(module.router)
     document_access(app, settings)
     return app
+
+
+async def _check_eviction(store: JobStore, settings: Settings) -> None:
+    try:
+        policy = await store.maxmemory_policy()
+    except Exception as exc:  # noqa: BLE001 - Redis may be starting: /readyz reports it, the API still serves
+        log.warning("could not read Redis's eviction policy (%s); checked by workers at their start", exc)
+        return
+    refusal = eviction_refusal(policy, allowed=settings.allow_eviction)
+    if refusal is not None:
+        raise RuntimeError(refusal)
+    if settings.allow_eviction and policy != "noeviction":
+        log.warning("Redis may evict keys (maxmemory-policy %s): running anyway, as DIP_ALLOW_EVICTION says", policy)

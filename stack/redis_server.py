@@ -158,6 +158,9 @@ class RedisServer:
             "--appendfsync", "everysec",
             # The append-only file is the persistence; RDB snapshots would only add forks.
             "--save", "",
+            # Job records, leases and queued messages must never be evicted (the workers and the
+            # API refuse a Redis that may evict).
+            "--maxmemory-policy", "noeviction",
             "--daemonize", "no",
             "--logfile", str(self.log_path),
             "--pidfile", str(self._data_dir / _PID_NAME),

@@ -70,6 +70,7 @@ def test_redis_persists_and_reports_health(services: dict) -> None:
     assert redis["image"].startswith("redis:7")
     command = " ".join(redis["command"])
     assert "--appendonly yes" in command
+    assert "--maxmemory-policy noeviction" in command  # job data is never evicted
     assert redis["healthcheck"]["test"][-2:] == ["redis-cli", "ping"]
     assert "redis-data:/data" in redis["volumes"]
 

@@ -30,7 +30,7 @@ from celery.signals import worker_shutting_down
 
 from api.config import Settings
 from api.layout import JOB_ID, STAGING_DIR, job_dir
-from api.store import WorkerStore
+from api.store import WorkerStore, eviction_refusal
 from worker.recovery import Send, reap, worker_sender
 
 log = logging.getLogger(__name__)
@@ -93,6 +93,7 @@ class Maintenance(bootsteps.StartStopStep):
     def start(self, worker: Any) -> None:
         settings = self._settings = worker.app.conf.dip_settings
         self._store = WorkerStore.from_url(settings.redis_url, retention_s=settings.retention_s)
+        self._check_eviction(settings)
         self._name = worker.hostname
         self._results_dir = settings.results_dir
         self._send = worker_sender(worker.app, settings)
@@ -106,6 +107,20 @@ class Maintenance(bootsteps.StartStopStep):
             worker.timer.call_after(1.0, self._sweep),
             worker.timer.call_repeatedly(settings.sweep_interval_s, self._sweep),
         ]
+
+    def _check_eviction(self, settings: Settings) -> None:
+        try:
+            policy = self._store.maxmemory_policy()  # type: ignore[union-attr]
+        except redis.exceptions.RedisError as exc:
+            log.warning("could not read Redis's eviction policy (%s); checked again at the next start", exc)
+            return
+        refusal = eviction_refusal(policy, allowed=settings.allow_eviction)
+        if refusal is not None:
+            log.critical("%s", refusal)
+            raise SystemExit(f"refusing to start: {refusal}")
+        if settings.allow_eviction and policy != "noeviction":
+            log.warning("Redis may evict keys (maxmemory-policy %s): running anyway, as DIP_ALLOW_EVICTION says",
+                        policy)
 
     def stop(self, worker: Any) -> None:
         worker_shutting_down.disconnect(self._drain)

@@ -59,6 +59,16 @@ class StoreBase:
         return records
 
 
+def eviction_refusal(policy: str, *, allowed: bool) -> str | None:
+    """Why a process must not run on a Redis whose ``maxmemory-policy`` is ``policy``; ``None`` if
+    it may. A policy that evicts keys would silently delete job records, leases and queued messages."""
+    if allowed or not policy.startswith(("allkeys-", "volatile-")):
+        return None
+    return (f"Redis may evict keys under memory pressure (maxmemory-policy {policy}): job records, leases "
+            "and queued jobs could vanish. Set `maxmemory-policy noeviction` on that Redis "
+            "(`dip serve` and docker-compose.yml do), or DIP_ALLOW_EVICTION=true to run anyway.")
+
+
 def to_json(value: Any) -> str:
     """Compact JSON for script arguments and stream entries."""
     return json.dumps(value, separators=(",", ":"), allow_nan=False)

@@ -97,6 +97,10 @@ class JobStore(StoreBase):
         if self._stream_client is not self.client:
             await self._stream_client.aclose()
 
+    async def maxmemory_policy(self) -> str:
+        """The server's eviction policy (from INFO, which managed Redis services allow where CONFIG is off)."""
+        return str((await self.client.info("memory")).get("maxmemory_policy", "noeviction"))
+
     async def ping(self) -> bool:
         return bool(await self.client.ping())
 

@@ -165,6 +165,10 @@ class WorkerStore(StoreBase):
     def confirm_dispatch(self, job_id: str, *, dispatch_id: str) -> None:
         self._scripts.confirm_dispatch(**self._job_call(job_id, dispatch_id, extra_keys=(self.keys.leases,)))
 
+    def maxmemory_policy(self) -> str:
+        """The server's eviction policy (from INFO, which managed Redis services allow where CONFIG is off)."""
+        return str(self.client.info("memory").get("maxmemory_policy", "noeviction"))
+
     def queued_ids(self, *, limit: int = 100) -> list[str]:
         """Ids of queued jobs, oldest first (what a batching worker looks through for company)."""
         return self.client.zrange(self.keys.by_status(JobStatus.queued), 0, limit - 1)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 import threading
 import time
 from typing import Any
@@ -99,3 +100,27 @@ def test_api_restart_loses_nothing_and_clients_keep_polling(cluster: Any) -> Non
     assert cluster.wait_finished(waiting)["status"] == "succeeded"  # queued across the restart
     again = cluster.submit(iterations=10, log_every=5, seed=2)  # and the new process takes work
     assert cluster.wait_finished(again)["status"] == "succeeded"
+
+
+@pytest.mark.timeout(120)
+def test_workers_and_the_api_refuse_a_redis_that_may_evict_job_data(cluster: Any) -> None:
+    """A Redis that evicts under memory pressure would silently delete records, leases and queued
+    jobs: the worker and the API refuse to start on it, with a message that says what to do."""
+    cluster.redis.config_set("maxmemory-policy", "allkeys-lru")
+    worker = cluster._spawn("evicting-worker", cluster.worker_argv("evicting"), cluster.env())
+    api_argv = [sys.executable, "-m", "uvicorn", "--factory", "api.main:create_app", "--host", "127.0.0.1",
+                "--port", str(cluster.api_port), "--log-level", "warning"]
+    api = cluster._spawn("evicting-api", api_argv, cluster.env())
+    for proc in (worker, api):
+        cluster.until(lambda: not proc.alive(), timeout_s=60, what=f"{proc.name} refuses to run",
+                      on_timeout=proc.tail)
+        assert proc.popen.returncode != 0
+        assert "maxmemory-policy allkeys-lru" in proc.text() and "DIP_ALLOW_EVICTION" in proc.text(), proc.tail()
+
+    # Allowed on purpose: it runs, and says what it runs on; and noeviction needs no permission.
+    allowed = cluster.start_worker("allowed", DIP_ALLOW_EVICTION="true")
+    assert "running anyway" in allowed.text()
+    cluster.redis.config_set("maxmemory-policy", "noeviction")
+    cluster.start_api()
+    job_id = cluster.submit(iterations=20, log_every=10)
+    assert cluster.wait_finished(job_id)["status"] == "succeeded"

@@ -15,6 +15,13 @@ def test_finds_an_executable() -> None:
     assert Path(find_redis_executable()).is_file()
 
 
+def test_the_embedded_server_never_evicts(tmp_path: Path) -> None:
+    with RedisServer(tmp_path) as server:
+        client = server.client(decode_responses=True)
+        assert client.config_get("maxmemory-policy") == {"maxmemory-policy": "noeviction"}
+        client.close()
+
+
 def test_data_survive_a_restart_on_the_same_directory(tmp_path: Path) -> None:
     server = RedisServer(tmp_path)
     with server:
