@@ -6,6 +6,7 @@ One class for the API, the workers and ``dip serve``; build it with
 
 from __future__ import annotations
 
+import json
 from functools import lru_cache
 from pathlib import Path
 from typing import Annotated, Any
@@ -38,6 +39,10 @@ class Settings(BaseSettings):
                         "kept as digests. None: no authentication, and the API binds to loopback only.")
     admin_keys: KeyList = Field(
         (), description="Keys that also see every job and /metrics; same format as api_keys.")
+    allowed_hosts: KeyList = Field(
+        ("localhost", "127.0.0.1", "::1"), description="Host names the API answers for (JSON list or "
+        "comma-separated; `*.example.com` for subdomains, `*` for any): a request for another name, "
+        "such as a DNS-rebinding page's, gets 400. Add the name clients use when the API is published.")
     allow_open: bool = Field(
         False, description="Allow binding a non-loopback address with no keys configured (anyone "
                            "who reaches it can use the API).")
@@ -85,6 +90,17 @@ class Settings(BaseSettings):
     batch_wait_s: float = Field(0.0, ge=0, le=60, description="How long a worker that has claimed a job "
                                 "waits for compatible queued jobs to join its batch (batch_max > 1).")
     queue: str = Field("dip", description="Celery queue name.")
+
+    @field_validator("allowed_hosts", mode="before")
+    @classmethod
+    def _parse_hosts(cls, value: Any) -> tuple[str, ...]:
+        if isinstance(value, str):
+            text = value.strip()
+            value = json.loads(text) if text.startswith("[") else text.split(",")
+        hosts = tuple(str(host).strip() for host in value if str(host).strip())
+        if not hosts:
+            raise ValueError("DIP_ALLOWED_HOSTS must name at least one host (or `*` for any)")
+        return hosts
 
     @field_validator("api_keys", "admin_keys", mode="before")
     @classmethod

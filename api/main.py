@@ -13,6 +13,7 @@ from api.config import Settings, get_settings
 from api.deps import document_access
 from api.errors import install_error_handlers
 from api.queue import JobQueue
+from api.request_guard import RequestGuard
 from api.routes import events, health, jobs, results
 from api.store import JobStore, eviction_refusal
 
@@ -46,6 +47,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     app.state.settings = settings
     install_error_handlers(app)
+    app.add_middleware(RequestGuard, allowed_hosts=settings.allowed_hosts)
     for module in (jobs, results, events, health):
         app.include_router(module.router)
     document_access(app, settings)

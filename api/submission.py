@@ -17,6 +17,8 @@ atomically when the record is written, which is the check that counts.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 import re
 import shutil
@@ -55,8 +57,8 @@ async def submit_job(request: Request, *, settings: Settings, store: JobStore, q
             scope of ``idempotency_key`` and of the per-client queue cap.
 
     Returns:
-        The job, and whether it was created by this call (``False``: a retry
-        with a known ``idempotency_key``; the body is then not read).
+        The job, and whether it was created by this call (``False``: a retry with a known
+        ``idempotency_key`` and the same files and parameters; nothing is then kept of it).
 
     Raises:
         ApiError: 4xx for a refused upload, 429 when too many jobs are queued.
@@ -68,14 +70,15 @@ async def submit_job(request: Request, *, settings: Settings, store: JobStore, q
             raise ApiError(400, "invalid_idempotency_key",
                            "Idempotency-Key must be 1-128 characters from A-Z a-z 0-9 . _ : -")
         existing = await store.find_idempotent(owner, idempotency_key)
-        record = await store.get(existing) if existing else None
-        if record is not None:
-            return record, False
-    counts = await store.queued_counts(owner)
-    if counts.total >= settings.max_queued:
-        raise _queue_full(QueueFull("service", settings.max_queued))
-    if counts.owner >= settings.max_queued_per_client:
-        raise _queue_full(QueueFull("client", settings.max_queued_per_client))
+        known = await store.get(existing) if existing else None
+    else:
+        known = None
+    if known is None:  # a retry of a queued job needs no room in the queue
+        counts = await store.queued_counts(owner)
+        if counts.total >= settings.max_queued:
+            raise _queue_full(QueueFull("service", settings.max_queued))
+        if counts.owner >= settings.max_queued_per_client:
+            raise _queue_full(QueueFull("client", settings.max_queued_per_client))
 
     job_id = new_job_id()
     staging = settings.results_dir / STAGING_DIR / job_id
@@ -86,6 +89,10 @@ async def submit_job(request: Request, *, settings: Settings, store: JobStore, q
             request.headers.get("content-type"), request.headers.get("content-length"), request.stream(),
             staging, file_fields=frozenset(INPUT_FIELDS), max_file_bytes=settings.max_upload_bytes)
         params = JobCreate.model_validate(upload.fields, context={"max_iterations": settings.max_iterations})
+        fingerprint = await run_in_threadpool(request_fingerprint, params, upload.files)
+        if known is not None:
+            shutil.rmtree(staging, ignore_errors=True)
+            return await _retried(store, known, fingerprint, idempotency_key or ""), False
         files = await run_in_threadpool(place_inputs, params, upload.files, staging, settings=settings)
         staging.rename(target)
     except BaseException:
@@ -97,7 +104,7 @@ async def submit_job(request: Request, *, settings: Settings, store: JobStore, q
                                     files=files, owner=owner, idempotency_key=idempotency_key,
                                     time_limit_s=settings.job_time_limit_s, max_queued=settings.max_queued,
                                     max_queued_per_owner=settings.max_queued_per_client,
-                                    dispatch_grace_s=settings.lease_s)
+                                    dispatch_grace_s=settings.lease_s, fingerprint=fingerprint)
         # Read before enqueueing: the answer shows the job as submitted (queued, with its
         # place in the queue), whatever a fast worker does with it next.
         record = await store.get(winner)
@@ -115,13 +122,32 @@ async def submit_job(request: Request, *, settings: Settings, store: JobStore, q
     except Exception:
         await _roll_back(store, job_id, target, owner=owner)
         raise
-    if winner != job_id:  # a concurrent retry with the same key got there first
-        shutil.rmtree(target, ignore_errors=True)
-    else:
-        await _confirm_dispatch(store, job_id)
     if record is None:
         raise ApiError(409, "conflict", "the job was deleted while it was being submitted")
-    return record, winner == job_id
+    if winner != job_id:  # a concurrent retry with the same key got there first
+        shutil.rmtree(target, ignore_errors=True)
+        return await _retried(store, record, fingerprint, idempotency_key or ""), False
+    await _confirm_dispatch(store, job_id)
+    return record, True
+
+
+def request_fingerprint(params: JobCreate, files: dict[str, Path]) -> str:
+    """A digest of what a submission asks for: its parameters and the bytes of each upload."""
+    digest = hashlib.sha256(json.dumps(params.model_dump(mode="json"), sort_keys=True).encode())
+    for name in sorted(files):
+        with open(files[name], "rb") as handle:
+            digest.update(f"\n{name}:{hashlib.file_digest(handle, 'sha256').hexdigest()}".encode())
+    return digest.hexdigest()
+
+
+async def _retried(store: JobStore, record: JobRecord, fingerprint: str, idempotency_key: str) -> JobRecord:
+    """The job an idempotent retry gets back, if it asks for the same thing as the first request."""
+    recorded = await store.fingerprint(record.id)
+    if recorded and recorded != fingerprint:
+        raise ApiError(422, "idempotency_mismatch",
+                       f"Idempotency-Key {idempotency_key!r} was used for job {record.id} with other files or "
+                       "parameters; use a new key for a new request")
+    return record
 
 
 async def _roll_back(store: JobStore, job_id: str, target: Path, *, owner: str) -> None:

@@ -177,3 +177,11 @@ def test_readme_gives_the_same_install_steps() -> None:
         assert re.search(r"pip " + re.escape(" ".join(words[1:])) + r"(\s|$|`)", text), (
             f"README.md lacks the Dockerfile's install step {command!r}"
         )
+
+
+def test_the_api_is_not_open_by_default(services: dict) -> None:
+    # Without keys, opening it must be asked for (DIP_ALLOW_OPEN=true), never the default.
+    env = services["api"]["environment"]
+    assert env["DIP_ALLOW_OPEN"].endswith(":-false}")
+    assert "localhost" in env["DIP_ALLOWED_HOSTS"]
+

@@ -47,7 +47,9 @@ async def stream_events(
     stream replays the job's events from the start (or after `Last-Event-ID`) and ends after
     the terminal `status` event; comment lines keep idle connections alive."""
     after = last_event_id.strip() if last_event_id else "0"
-    if not _STREAM_ID.fullmatch(after):
+    # Redis stream ids are two unsigned 64-bit numbers: a larger one would fail inside Redis,
+    # after the 200 and the first bytes of the stream have gone out.
+    if not _STREAM_ID.fullmatch(after) or any(int(part) >= 2**64 for part in after.split("-")):
         raise ApiError(422, "invalid_parameter", f"Last-Event-ID: not an event id of this stream: {after!r}")
     files_url = f"{job_url(request, job.id)}/files"
     return EventSourceResponse(_events(store, job.id, after, files_url), ping=_PING_S)

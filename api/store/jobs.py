@@ -107,7 +107,7 @@ class JobStore(StoreBase):
     async def create(self, job_id: str, *, task: str, params: dict[str, Any], files: dict[str, str],
                      owner: str = "", idempotency_key: str | None = None, time_limit_s: int | None = None,
                      max_queued: int | None = None, max_queued_per_owner: int | None = None,
-                     dispatch_grace_s: float = DISPATCH_GRACE_S) -> str:
+                     dispatch_grace_s: float = DISPATCH_GRACE_S, fingerprint: str = "") -> str:
         """Record a new queued job, atomically with its index entries and first event.
 
         The job also enters the lease index as awaiting its message: send the message,
@@ -123,6 +123,8 @@ class JobStore(StoreBase):
             max_queued: Refuse if this many jobs are already queued (``None``: no cap).
             max_queued_per_owner: Refuse if ``owner`` has this many queued (``None``: no cap).
             dispatch_grace_s: Time given to send and confirm the first message.
+            fingerprint: A digest of the request (its files and parameters), which a retry
+                with the same ``idempotency_key`` must match (see :meth:`fingerprint`).
 
         Returns:
             ``job_id``, or the id of the job created earlier with the same
@@ -138,7 +140,7 @@ class JobStore(StoreBase):
                 or not 0 < dispatch_grace_s < math.inf):
             raise ValueError(f"dispatch_grace_s must be a positive number of seconds, got {dispatch_grace_s!r}")
         fields = encode_fields({"task": task, "params": params, "owner": owner, "attempts": 0,
-                                "time_limit_s": time_limit_s})
+                                "time_limit_s": time_limit_s, "request_fingerprint": fingerprint})
         extra = (self.keys.owner_jobs(owner), self.keys.owner_queued(owner), self.keys.leases)
         if idempotency_key is not None:
             extra += (self.keys.idempotency(owner, idempotency_key),)
@@ -163,6 +165,10 @@ class JobStore(StoreBase):
         total, mine = await self._scripts.queued_counts(
             keys=[self.keys.by_status(JobStatus.queued), self.keys.owner_queued(owner)], args=[])
         return QueuedCounts(total=int(total), owner=int(mine))
+
+    async def fingerprint(self, job_id: str) -> str:
+        """The request digest a job was created with (``""``: none recorded)."""
+        return await self.client.hget(self.keys.job(job_id), "request_fingerprint") or ""
 
     async def find_idempotent(self, owner: str, idempotency_key: str) -> str | None:
         """The job id an idempotency key already points to, if any."""

@@ -162,7 +162,7 @@ def test_a_submission_whose_message_cannot_be_sent_is_refused_with_503_and_leave
             app.state.queue.close()
             app.state.queue = JobQueue.from_settings(
                 settings.model_copy(update={"redis_url": f"redis://127.0.0.1:{free_port()}/0"}))
-            async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://api") as client:
+            async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://localhost") as client:
                 return await client.post("/v1/jobs", files={"image": ("image.png", png64(), "image/png")},
                                          data={"task": "denoise", "iterations": "10"})
 

@@ -252,3 +252,18 @@ def test_an_upload_file_name_is_never_used_as_a_path(api: Any, image64: bytes) -
 def test_a_latin1_last_event_id_is_422(api: Any, job: dict[str, Any], error_of: Any) -> None:
     target = f"/v1/jobs/{job['id']}/events".encode()
     error_of(api.raw(_request(api, "GET", target, headers={b"Last-Event-ID": b"1-\xe9"})), 422, "invalid_parameter")
+
+
+@pytest.mark.parametrize("last", [b"18446744073709551616-0", b"1-99999999999999999999", b"1-", b"-1", b"1-2-3",
+                                  b"9" * 4000])
+def test_a_huge_or_malformed_last_event_id_is_422_before_the_stream_starts(api: Any, job: dict[str, Any],
+                                                                          error_of: Any, last: bytes) -> None:
+    target = f"/v1/jobs/{job['id']}/events".encode()
+    error_of(api.raw(_request(api, "GET", target, headers={b"Last-Event-ID": last})), 422, "invalid_parameter")
+
+
+def test_the_largest_stream_id_is_accepted(api: Any, job: dict[str, Any]) -> None:
+    # 2**64 - 1 in both parts: past every event, so the stream waits for news (read its head only).
+    with api.client("alice").stream("GET", f"/v1/jobs/{job['id']}/events",
+                                    headers={"Last-Event-ID": "18446744073709551615-18446744073709551615"}) as resp:
+        assert resp.status_code == 200 and resp.headers["content-type"].startswith("text/event-stream")

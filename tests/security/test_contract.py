@@ -40,7 +40,7 @@ def api_schema(request: pytest.FixtureRequest, redis_server: Any, tmp_path_facto
     app = create_app(Settings(
         redis_url=url, results_dir=tmp_path_factory.mktemp("contract-results"),
         queue=f"dip-contract-{uuid.uuid4().hex[:8]}", api_keys=keys, max_upload_bytes=200_000,
-        max_iterations=50))
+        max_iterations=50, allowed_hosts="testserver"))  # the in-process client's host name
     # Unknown query parameters and headers are ignored by design (cache busters,
     # proxies' headers), so requests are not made "invalid" by adding some.
     config = SchemathesisConfig.from_dict({"generation": {"allow-extra-parameters": False}})

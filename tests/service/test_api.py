@@ -13,6 +13,8 @@ from typing import Any
 import numpy as np
 import pytest
 
+from api.store import Keys
+
 MAX_UPLOAD_BYTES = 1_000_000  # as the conftest configures the service
 MAX_ITERATIONS = 5000
 
@@ -157,6 +159,23 @@ def test_idempotency_key_retry_returns_the_same_job(service: Any, image64: bytes
     assert {first.json()["id"], other.json()["id"]} <= job_dirs
     for job in (first.json(), other.json()):
         service.wait_finished(job["id"])
+
+
+def test_an_idempotency_key_reused_for_another_request_is_422(service: Any, image64: bytes,
+                                                               pictures: Any) -> None:
+    key = {"Idempotency-Key": f"reuse-{uuid.uuid4()}"}
+    first = service.submit({"image": image64}, headers=key, task="denoise", iterations=10)
+    assert first.status_code == 202
+    dirs_before = sorted(p.name for p in Path(service.results_dir).iterdir())
+    jobs_before = service.redis.zcard(Keys().all_jobs)
+    other_image = pictures.png(pictures.smooth(64, seed=3))
+    for files, params in (({"image": other_image}, {"iterations": 10}), ({"image": image64}, {"iterations": 11})):
+        response = service.submit(files, headers=key, task="denoise", **params)
+        _error(response, 422, "idempotency_mismatch")
+        assert first.json()["id"] in response.json()["error"]["message"]
+    assert sorted(p.name for p in Path(service.results_dir).iterdir()) == dirs_before
+    assert service.redis.zcard(Keys().all_jobs) == jobs_before  # no job was created
+    service.wait_finished(first.json()["id"])
 
 
 def test_files_have_etags_and_answer_304(service: Any, finished_job: dict[str, Any]) -> None:
