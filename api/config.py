@@ -60,7 +60,7 @@ class Settings(BaseSettings):
         None, ge=1, description="Wall-time limit of one run of a job; unset: soft_time_limit_s, "
                                 "the most it may be.")
 
-    retention_s: int = Field(7 * 24 * 3600, description="Job records and files are deleted after this.")
+    retention_s: int = Field(7 * 24 * 3600, description="Job records and files are deleted this long after a job ends (queued and running jobs never expire).")
     sweep_interval_s: int = Field(3600, description="How often the retention sweep runs.")
     soft_time_limit_s: int = Field(3 * 3600, description="Celery soft time limit per job.")
     hard_time_limit_s: int = Field(3 * 3600 + 300, description="Celery hard time limit per job.")

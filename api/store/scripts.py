@@ -45,6 +45,12 @@ local function expire_all()
   for _, key in ipairs({{JOB, FILES, HISTORY, EVENTS}}) do redis.call('PEXPIRE', key, TTL_MS) end
 end
 
+-- A live (queued or running) job never expires: however long it waits or runs, retention
+-- counts from its end (finish() sets the expiry).
+local function persist_all()
+  for _, key in ipairs({{JOB, FILES, HISTORY, EVENTS}}) do redis.call('PERSIST', key) end
+end
+
 local function move(from, to)
   local score = redis.call('ZSCORE', ALL, ID)
   redis.call('ZREM', INDEX[from], ID)
@@ -117,7 +123,6 @@ redis.call('ZREMRANGEBYSCORE', OWNER_JOBS, '-inf', '(' .. fmt(t * 1000 - 2 * TTL
 redis.call('PEXPIRE', OWNER_JOBS, 2 * TTL_MS)
 redis.call('PEXPIRE', OWNER_QUEUED, 2 * TTL_MS)
 emit('status', cjson.encode({status='queued'}))
-expire_all()
 await_dispatch(LEASES, t, ID, ARGV[8])
 if idem then
   redis.call('SET', idem, ID, 'PX', TTL_MS)
@@ -206,6 +211,7 @@ if status == 'queued' then move('queued', 'running') end
 if not redis.call('HGET', JOB, 'started_at') then redis.call('HSET', JOB, 'started_at', fmt(t)) end
 redis.call('HSET', JOB, 'worker', ARGV[4], 'heartbeat_at', fmt(t), 'lease_token', ARGV[7])
 redis.call('HDEL', JOB, 'dispatch')
+persist_all()  -- records made with an expiry by an older version
 hold(KEYS[11], t, ARGV[8])
 emit('status', cjson.encode({status='running', attempt=attempts}))
 return {'claimed', attempts}
@@ -224,12 +230,12 @@ if redis.call('EXISTS', KEYS[11]) == 1 then return 3 end
 return 1
 """
 
-# ARGV 4: one history point (JSON), 5: lease token. Keys created after submission share the job's expiry.
+# ARGV 4: one history point (JSON), 5: lease token. Keys created after submission share the job's expiry (none while it is live).
 _APPEND_HISTORY = """
 local ttl = redis.call('PTTL', JOB)
-if ttl < 0 or not holds(ARGV[5]) then return 0 end
+if ttl == -2 or not holds(ARGV[5]) then return 0 end
 redis.call('RPUSH', HISTORY, ARGV[4])
-redis.call('PEXPIRE', HISTORY, ttl)
+if ttl > 0 then redis.call('PEXPIRE', HISTORY, ttl) end
 return 1
 """
 

@@ -158,11 +158,11 @@ class Cluster:
         assert proc.alive(), proc.tail()
         return proc
 
-    def start_api(self) -> Proc:
-        """The API (uvicorn) on ``api_port``; returns once it answers."""
+    def start_api(self, **env: str) -> Proc:
+        """The API (uvicorn) on ``api_port`` (``env``: extra variables); returns once it answers."""
         argv = [sys.executable, "-m", "uvicorn", "--factory", "api.main:create_app", "--host", "127.0.0.1",
                 "--port", str(self.api_port), "--log-level", "warning"]
-        proc = self._spawn("api", argv, self.env())
+        proc = self._spawn("api", argv, self.env(**env))
         until(lambda: self._api_up() or not proc.alive(), timeout_s=60, what="API up", on_timeout=proc.tail)
         assert proc.alive(), proc.tail()
         return proc

@@ -1,4 +1,5 @@
-"""Redis and the API restarted under a running service: no job lost, clients keep polling."""
+"""The infrastructure under a running service: Redis and the API restarted (no job lost, clients
+keep polling), a Redis that may evict (refused), a retention shorter than a job (kept)."""
 
 from __future__ import annotations
 
@@ -9,6 +10,8 @@ from typing import Any
 
 import httpx
 import pytest
+
+from tests.faults.conftest import KEYS
 
 pytestmark = pytest.mark.e2e
 
@@ -124,3 +127,29 @@ def test_workers_and_the_api_refuse_a_redis_that_may_evict_job_data(cluster: Any
     cluster.start_api()
     job_id = cluster.submit(iterations=20, log_every=10)
     assert cluster.wait_finished(job_id)["status"] == "succeeded"
+
+
+@pytest.mark.timeout(120)
+def test_a_job_that_runs_longer_than_the_retention_is_kept_until_a_retention_after_its_end(cluster: Any) -> None:
+    """Retention counts from a job's end: a queued or running job never expires, however short
+    DIP_RETENTION_S is, and its record, history and files stay readable a retention period after."""
+    retention_s = 3
+    cluster.start_api(DIP_RETENTION_S=str(retention_s))
+    cluster.start_worker("short-retention", DIP_RETENTION_S=str(retention_s))
+    job_id = cluster.submit(iterations=400, log_every=10)
+    running = cluster.wait_running(job_id, min_iteration=10)
+    done = cluster.wait_finished(job_id, timeout_s=100)
+    ended_at = time.monotonic()
+
+    assert done["status"] == "succeeded", done
+    assert float(done["finished_at"]) - float(done["created_at"]) > retention_s, "the job must outlive it"
+    assert float(running["created_at"]) == float(done["created_at"])
+    assert cluster.history(job_id)[-1] == 400
+    job = cluster.http.get(f"/v1/jobs/{job_id}")
+    assert job.status_code == 200 and job.json()["status"] == "succeeded"
+    assert cluster.http.get(job.json()["outputs"]["result"]).status_code == 200
+    ttls = [cluster.redis.pttl(key) for key in (KEYS.job(job_id), KEYS.history(job_id), KEYS.events(job_id))]
+    assert all(0 < ttl <= retention_s * 1000 for ttl in ttls), ttls
+    cluster.until(lambda: not cluster.redis.exists(KEYS.job(job_id)), timeout_s=retention_s + 5,
+                  what="the record expires a retention period after the end")
+    assert time.monotonic() - ended_at >= retention_s - 1

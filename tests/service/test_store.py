@@ -135,7 +135,12 @@ def test_sweep_deletes_expired_jobs_files_and_orphans(url: str, keys: Keys, tmp_
     async def create(store: JobStore) -> str:
         return await store.create(new_job_id(), task="denoise", params={}, files={})
 
-    expired = run(create, url, keys, retention_s=1)
+    async def create_and_cancel(store: JobStore) -> str:
+        job_id = await create(store)  # a live job never expires: retention counts from its end
+        await store.cancel(job_id)
+        return job_id
+
+    expired = run(create_and_cancel, url, keys, retention_s=1)
     kept = run(create, url, keys, retention_s=3600)
     orphan, staging = new_job_id(), tmp_path / ".staging" / new_job_id()
     for directory in (tmp_path / expired, tmp_path / kept, tmp_path / orphan, staging):
@@ -168,7 +173,12 @@ def test_history_rewinds_to_a_checkpoint(url: str, keys: Keys, worker_store: Wor
         worker_store.append_history(job_id, {"iteration": iteration, "loss": 1.0}, token=token)
     worker_store.rewind_history(job_id, iteration=12, token=token)
     assert [p["iteration"] for p in run(lambda s: s.history(job_id), url, keys)] == [5, 10]
-    assert worker_store.client.pttl(keys.history(job_id)) > 0  # expires with the job
+    # A live job's keys never expire; once it ends they all expire a retention period later.
+    job_keys = (keys.job(job_id), keys.files(job_id), keys.history(job_id), keys.events(job_id))
+    assert [worker_store.client.pttl(key) for key in job_keys if worker_store.client.exists(key)] == [-1] * 4
+    assert worker_store.finish(job_id, JobStatus.succeeded, token=token)
+    ttls = [worker_store.client.pttl(key) for key in job_keys if worker_store.client.exists(key)]
+    assert len(ttls) == 4 and all(0 < ttl <= worker_store.retention_s * 1000 for ttl in ttls)
 
 
 def test_options_are_validated(url: str) -> None:

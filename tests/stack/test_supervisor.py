@@ -33,6 +33,14 @@ def _until(condition: Callable[[], bool], sup: Supervisor, timeout_s: float) -> 
     return time.monotonic() - start
 
 
+def _wait_for_files(paths: list[Path], timeout_s: float = 10) -> None:
+    """Until every one of ``paths`` exists (children create them once ready)."""
+    deadline = time.monotonic() + timeout_s
+    while not all(path.exists() for path in paths):
+        assert time.monotonic() < deadline, f"not created within {timeout_s} s: {[p for p in paths if not p.exists()]}"
+        time.sleep(0.05)
+
+
 @pytest.fixture
 def supervised(tmp_path: Path, redis_server: RedisServer) -> Iterator[Callable[..., Supervisor]]:
     """Build supervisors against the session Redis; all are stopped at the end."""
@@ -65,45 +73,78 @@ def test_a_killed_child_is_restarted_within_seconds(supervised) -> None:
 
 def test_stop_ends_every_child_in_reverse_order(supervised, tmp_path: Path) -> None:
     log = tmp_path / "order.log"
-    # Each child appends its name when it receives SIGTERM, so the file shows the stop order.
+    # Each child appends its name when it receives SIGTERM, so the file shows the stop order;
+    # it creates ready-<name> once its handler is installed.
     code = (
         "import signal, sys, time\n"
         "def bye(*_):\n"
         f"    open({str(log)!r}, 'a').write(sys.argv[1] + '\\n'); sys.exit(0)\n"
         "signal.signal(signal.SIGTERM, bye)\n"
+        f"open({str(tmp_path)!r} + '/ready-' + sys.argv[1], 'w').close()\n"
         "time.sleep(60)\n"
     )
     sup = supervised([ChildSpec(n, (sys.executable, "-c", code, n)) for n in ("worker", "api")])
-    time.sleep(0.5)  # let them install their handlers
+    _wait_for_files([tmp_path / "ready-worker", tmp_path / "ready-api"])
     pids = sup.pids()
+    assert all(pid_alive(pid) for pid in pids.values())  # none has exited (or been restarted) yet
     sup.stop()
     assert not any(pid_alive(pid) for pid in pids.values())
     assert log.read_text().split() == ["api", "worker"]
     assert all(s.pid is None for s in sup.status())
 
 
-def test_a_child_that_ignores_sigterm_is_killed_after_its_timeout(supervised) -> None:
-    stubborn = (sys.executable, "-c", "import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); time.sleep(60)")
+def test_a_child_that_ignores_sigterm_is_killed_after_its_timeout(supervised, tmp_path: Path) -> None:
+    ready = tmp_path / "ignoring"
+    stubborn = (sys.executable, "-c", "import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); "
+                f"open({str(ready)!r}, 'w').close(); time.sleep(60)")
     sup = supervised([ChildSpec("stubborn", stubborn, stop_timeout_s=1.0)])
-    time.sleep(0.5)
+    _wait_for_files([ready])  # SIGTERM is ignored from now on
     pid = sup.pids()["stubborn"]
     start = time.monotonic()
     sup.stop()
-    assert 0.9 < time.monotonic() - start < 5
+    took = time.monotonic() - start
     assert not pid_alive(pid)
+    # It waited out the timeout before killing; the upper bound only says it did not wait for
+    # the child's 60 s sleep to end (generous: the kill comes late on a busy machine).
+    assert 1.0 <= took < 30
 
 
 def test_a_crash_loop_backs_off(supervised) -> None:
     crasher = (sys.executable, "-c", "raise SystemExit(3)")
-    sup = supervised([ChildSpec("crasher", crasher)], restart_backoff_s=0.2, max_backoff_s=0.8)
-    delays = []
-    for _ in range(4):
-        _until(lambda: sup.status()[0].restart_in_s is not None, sup, timeout_s=5)
-        delays.append(sup.status()[0].restart_in_s)
-        _until(lambda: sup.status()[0].restart_in_s is None, sup, timeout_s=5)
-    # 0.2, 0.4, 0.8, 0.8 minus the little time between the exit and the look.
-    assert delays[0] < delays[1] < delays[2]
-    assert delays[2] == pytest.approx(0.8, abs=0.15) and delays[3] == pytest.approx(0.8, abs=0.15)
+    first_s, max_s = 0.2, 0.8
+    sup = supervised([ChildSpec("crasher", crasher)], restart_backoff_s=first_s, max_backoff_s=max_s)
+    configured = [0.2, 0.4, 0.8, 0.8]  # doubling, capped at max_s
+    # For each restart: the delay the supervisor announced right after it noticed the exit
+    # (an upper bound of the delay it set: time only shortens it), and how long it really waited
+    # between noticing the exit and starting the child again (a lower bound: time only adds).
+    # Neither bound can be broken by a slow machine, only by a wrong back-off.
+    announced: list[float | None] = []
+    waited: list[float] = []
+    noticed_at: float | None = None
+    deadline = time.monotonic() + 30
+    while len(waited) < len(configured):
+        assert time.monotonic() < deadline, f"only {len(waited)} restarts: {sup.status()}"
+        before = time.monotonic()
+        sup.poll_once()
+        after = time.monotonic()
+        row = sup.status()[0]
+        if noticed_at is None and (row.restart_in_s is not None or row.restarts > len(waited)):
+            noticed_at = before  # this poll saw the exit
+            announced.append(row.restart_in_s)
+        if row.restarts > len(waited):
+            assert row.restarts == len(waited) + 1 and noticed_at is not None
+            waited.append(after - noticed_at)  # this poll restarted it
+            noticed_at = None
+        time.sleep(0.02)
+
+    assert all(a is not None for a in announced), f"restarted at once, no back-off: {announced}"
+    for step, (expected, said, took) in enumerate(zip(configured, announced, waited)):
+        assert said <= expected + 1e-6, f"restart {step + 1}: announced {said} s, more than {expected} s"
+        assert took >= expected - 1e-6, f"restart {step + 1}: restarted after {took} s, before {expected} s"
+    # The delays grew: the later restarts waited longer than the first delay ever was...
+    assert min(waited[2:]) > max_s - 1e-6 > first_s >= announced[0]
+    # ...and never past the cap (doubling on would have announced 1.6 s for the fourth).
+    assert max(announced) <= max_s + 1e-6
     assert sup.status()[0].restarts == 4
 
 
@@ -135,8 +176,16 @@ def test_embedded_redis_is_started_restarted_and_stopped(tmp_path: Path) -> None
         server = sup.embedded_redis
         assert server is not None and server.data_dir == (tmp_path / "var" / "redis").resolve()
         server.client().set("job:1", "queued")
-        server.client().execute_command("BGREWRITEAOF")  # on disk before the crash below
-        time.sleep(0.5)
+        client = server.client()
+        client.execute_command("BGREWRITEAOF")  # on disk before the crash below
+        deadline = time.monotonic() + 10
+        while True:  # until the rewrite (forked at once, or scheduled) is done and recorded
+            info = client.info("persistence")
+            if not info["aof_rewrite_in_progress"] and not info["aof_rewrite_scheduled"]:
+                break
+            assert time.monotonic() < deadline, f"AOF rewrite not done within 10 s: {info}"
+            time.sleep(0.05)
+        assert info["aof_last_bgrewrite_status"] == "ok", info
         old = server.pid
         os.kill(old, signal.SIGKILL)
         _until(lambda: sup.pids()["redis"] not in (None, old), sup, timeout_s=5)
