@@ -40,39 +40,68 @@ HEARTBEAT_INTERVAL_S = 5.0
 
 @dataclass(frozen=True)
 class SweepReport:
-    expired_jobs: int
-    orphan_dirs: int
+    expired_jobs: int  # whose record expired, files deleted
+    orphan_dirs: int  # deleted: abandoned uploads, and folders without a record past the retention
+    orphans_kept: int = 0  # folders without a record, kept until a retention after their newest file
 
 
 def sweep(store: WorkerStore, results_dir: Path, *, now: float | None = None, grace_s: float = 3600,
           limit: int = 500) -> SweepReport:
-    """Delete expired jobs' files and index entries, and directories that no record owns.
+    """Delete expired jobs' files and index entries, abandoned uploads, and folders that no
+    record owns once they are as old as the retention.
+
+    A folder is deleted only a full retention period after its own newest file, record or no
+    record: a record can be missing because Redis lost it (a crash's last second, a failover to
+    a lagging replica, FLUSHDB, another database), and the results are then the only copy.
 
     Args:
         store: The job store; its ``retention_s`` says which jobs can have expired.
         results_dir: The results volume.
         now: Unix time (default: the current time).
-        grace_s: Leave alone directories changed more recently than this: an
-            upload being staged, or a job dir whose record is being written.
+        grace_s: Leave alone uploads being staged for less than this.
         limit: Expired jobs handled per call (the rest go next time).
     """
     now = time.time() if now is None else now
-    expired = 0
-    for job_id in store.expired_job_ids(created_before=now - store.retention_s, limit=limit):
+    retention_s = store.retention_s
+    expired = orphans = kept = 0
+    for job_id in store.expired_job_ids(created_before=now - retention_s, limit=limit):
         if store.purge(job_id):
-            shutil.rmtree(job_dir(results_dir, job_id), ignore_errors=True)
-            expired += 1
-    orphans = 0
-    if results_dir.is_dir():
-        staging = results_dir / STAGING_DIR
-        candidates = [*staging.iterdir()] if staging.is_dir() else []
-        candidates += [entry for entry in results_dir.iterdir()
-                       if JOB_ID.fullmatch(entry.name) and not store.exists(entry.name)]
-        for entry in candidates:
-            if entry.is_dir() and entry.stat().st_mtime < now - grace_s:
-                shutil.rmtree(entry, ignore_errors=True)
-                orphans += 1
-    return SweepReport(expired_jobs=expired, orphan_dirs=orphans)
+            directory = job_dir(results_dir, job_id)
+            if not directory.exists() or _newest_change(directory) < now - retention_s:
+                shutil.rmtree(directory, ignore_errors=True)
+                expired += 1
+    if not results_dir.is_dir():
+        return SweepReport(expired, orphans, kept)
+    staging = results_dir / STAGING_DIR
+    for entry in [*staging.iterdir()] if staging.is_dir() else []:
+        if entry.is_dir() and entry.stat().st_mtime < now - grace_s:
+            shutil.rmtree(entry, ignore_errors=True)
+            orphans += 1
+    for entry in results_dir.iterdir():
+        if not (entry.is_dir() and JOB_ID.fullmatch(entry.name)) or store.exists(entry.name):
+            continue
+        newest = _newest_change(entry)
+        if newest < now - retention_s:
+            shutil.rmtree(entry, ignore_errors=True)
+            orphans += 1
+        else:
+            kept += 1
+            log.warning("orphan results folder %s: no job record (lost by Redis?); kept until %s, a retention "
+                        "period after its newest file", entry.name,
+                        time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(newest + retention_s)))
+    return SweepReport(expired, orphans, kept)
+
+
+def _newest_change(directory: Path) -> float:
+    """The latest modification time of ``directory`` and everything in it."""
+    newest = directory.stat().st_mtime
+    for root, dirs, files in os.walk(directory):
+        for name in (*dirs, *files):
+            try:
+                newest = max(newest, os.stat(os.path.join(root, name)).st_mtime)
+            except OSError:
+                continue  # removed meanwhile
+    return newest
 
 
 class Maintenance(bootsteps.StartStopStep):
@@ -175,6 +204,6 @@ class Maintenance(bootsteps.StartStopStep):
         except (redis.exceptions.RedisError, OSError) as exc:
             log.warning("retention sweep failed: %s", exc)
             return
-        if report.expired_jobs or report.orphan_dirs:
-            log.info("retention sweep: %d expired jobs and %d orphan directories deleted",
-                     report.expired_jobs, report.orphan_dirs)
+        if report.expired_jobs or report.orphan_dirs or report.orphans_kept:
+            log.info("retention sweep: %d expired jobs and %d old orphan directories deleted, %d orphan "
+                     "directories kept", report.expired_jobs, report.orphan_dirs, report.orphans_kept)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import time
 import uuid
 from collections.abc import Iterator
@@ -131,7 +132,15 @@ def test_queue_positions_and_paged_listing(url: str, keys: Keys, worker_store: W
     assert run(lambda s: pages(s, JobStatus.running), url, keys) == [[ids[0]]]
 
 
-def test_sweep_deletes_expired_jobs_files_and_orphans(url: str, keys: Keys, tmp_path: Path) -> None:
+def _age(directory: Path, seconds: float) -> None:
+    """Make ``directory`` and everything in it look ``seconds`` old."""
+    then = time.time() - seconds
+    for path in [directory, *directory.rglob("*")]:
+        os.utime(path, (then, then))
+
+
+def test_sweep_deletes_expired_jobs_files_and_old_orphans_and_keeps_recent_ones(url: str, keys: Keys,
+                                                                                 tmp_path: Path) -> None:
     async def create(store: JobStore) -> str:
         return await store.create(new_job_id(), task="denoise", params={}, files={})
 
@@ -142,23 +151,34 @@ def test_sweep_deletes_expired_jobs_files_and_orphans(url: str, keys: Keys, tmp_
 
     expired = run(create_and_cancel, url, keys, retention_s=1)
     kept = run(create, url, keys, retention_s=3600)
-    orphan, staging = new_job_id(), tmp_path / ".staging" / new_job_id()
-    for directory in (tmp_path / expired, tmp_path / kept, tmp_path / orphan, staging):
+    lost, old_orphan, staging = new_job_id(), new_job_id(), tmp_path / ".staging" / new_job_id()
+    for directory in (tmp_path / expired, tmp_path / kept, tmp_path / lost, tmp_path / old_orphan, staging):
         (directory / "out").mkdir(parents=True)
+        (directory / "out" / "result.png").write_bytes(b"png")
+    for directory in (tmp_path / expired, tmp_path / kept, tmp_path / old_orphan):
+        _age(directory, 100)
     client = redis.Redis.from_url(url, decode_responses=True)
     deadline = time.monotonic() + 5
     while client.exists(keys.job(expired)):
         assert time.monotonic() < deadline
         time.sleep(0.1)
 
-    store = WorkerStore.from_url(url, retention_s=1, keys=keys)
-    assert sweep(store, tmp_path, grace_s=3600).expired_jobs == 1
-    assert not (tmp_path / expired).exists() and (tmp_path / kept).exists()
-    assert (tmp_path / orphan).exists() and staging.exists()  # too recent to be orphans
-    assert client.zscore(keys.all_jobs, expired) is None and client.zscore(keys.all_jobs, kept) is not None
+    # Retention 60 s: folders without a record go once their newest file is 60 s old (the old
+    # orphan, and the expired job's, 100 s); one whose record went missing recently (Redis lost
+    # it) stays until 60 s after its newest file.
+    store = WorkerStore.from_url(url, retention_s=60, keys=keys)
+    report = sweep(store, tmp_path, grace_s=3600)
+    assert (report.expired_jobs, report.orphan_dirs, report.orphans_kept) == (0, 2, 1)
+    assert not (tmp_path / old_orphan).exists() and not (tmp_path / expired).exists()
+    assert (tmp_path / lost).exists() and (tmp_path / kept).exists()
+    assert staging.exists()  # an upload being staged
 
-    report = sweep(store, tmp_path, now=time.time() + 7200, grace_s=3600)
-    assert report.orphan_dirs == 2 and not (tmp_path / orphan).exists() and not staging.exists()
+    # Two hours on: the expired job's index entry goes, and so do the lost record's folder and the
+    # abandoned upload; the live job's folder stays.
+    later = sweep(store, tmp_path, now=time.time() + 7200, grace_s=3600)
+    assert (later.expired_jobs, later.orphan_dirs, later.orphans_kept) == (1, 2, 0)
+    assert not (tmp_path / lost).exists() and not staging.exists()
+    assert client.zscore(keys.all_jobs, expired) is None and client.zscore(keys.all_jobs, kept) is not None
     assert (tmp_path / kept).exists()  # its record is alive
     store.close()
     for key in client.scan_iter(f"{keys.prefix}:*"):
