@@ -29,7 +29,7 @@ from torch import Tensor, nn
 from torch.overrides import TorchFunctionMode
 
 from .callbacks import Callback, FitState
-from .checkpoint import load_checkpoint, save_checkpoint
+from .checkpoint import load_checkpoint, restore_generator, save_checkpoint
 from .config import FitConfig
 from .early_stopping import EarlyStopping
 from .fit import (CheckpointConfig, FitResult, SnapshotWriter, _average, _Backtracker, _BestTracker, _log,
@@ -333,7 +333,8 @@ class _Run:
         self.job.net.load_state_dict(saved["net"])  # before stacking; Adam's state goes in once stacked
         self._saved_optimizer = saved["optimizer"]
         self.z = saved["z"].to(self.device)
-        self.generator.set_state(saved["generator"].cpu())
+        restore_generator(self.generator, saved["generator"], saved_on=saved.get("device", "another device"),
+                          path=path)
         self.ema_sum, self.avg, self.raw = saved["ema_sum"], saved["avg"], saved["raw"]
         self.history = [LogRecord.from_dict(r) for r in saved["history"]]
         self.best.load_state_dict(saved["best"])
@@ -443,6 +444,7 @@ class _Run:
             "backtracker": self.backtracker.state_dict() if self.backtracker is not None else None,
             "snapshots": [str(p) for p in self.snapshots],
             "elapsed_s": self.elapsed(),
+            "device": self.device.type,
         })
         for cb in self.job.callbacks:
             cb.on_checkpoint(self.state, checkpoint.path)

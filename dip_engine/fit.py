@@ -21,7 +21,7 @@ import torch
 from torch import Tensor, nn
 
 from .callbacks import Callback, FitState
-from .checkpoint import load_checkpoint, save_checkpoint
+from .checkpoint import load_checkpoint, restore_generator, save_checkpoint
 from .config import FitConfig
 from .early_stopping import EarlyStopping
 from .hardware import resolve_precision
@@ -215,7 +215,8 @@ def fit(
         net.load_state_dict(saved["net"])
         optimizer.load_state_dict(saved["optimizer"])
         z = saved["z"].to(device)
-        generator.set_state(saved["generator"].cpu())
+        restore_generator(generator, saved["generator"], saved_on=saved.get("device", "another device"),
+                          path=checkpoint.path)
         ema_sum, avg, raw = saved["ema_sum"], saved["avg"], saved["raw"]
         history = [LogRecord.from_dict(r) for r in saved["history"]]
         best.load_state_dict(saved["best"])
@@ -257,6 +258,7 @@ def fit(
             "backtracker": backtracker.state_dict() if backtracker is not None else None,
             "snapshots": [str(p) for p in snapshots],
             "elapsed_s": elapsed(),
+            "device": device.type,
         })
         for cb in callbacks:
             cb.on_checkpoint(state, checkpoint.path)

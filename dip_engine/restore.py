@@ -110,7 +110,9 @@ def _to_array(tensor: Tensor) -> np.ndarray:
 
 
 def _fingerprint(spec: RestoreSpec, run: RunConfig) -> str:
-    return json.dumps({"spec": asdict(spec), "run": asdict(run)}, sort_keys=True, default=str)
+    # The device is left out: a checkpoint resumes on any device (see checkpoint.restore_generator).
+    return json.dumps({"spec": asdict(replace(spec, device="any")), "run": asdict(run)}, sort_keys=True,
+                      default=str)
 
 
 def _write_json(path: Path, data: dict[str, Any]) -> None:

@@ -239,7 +239,8 @@ if ttl > 0 then redis.call('PEXPIRE', HISTORY, ttl) end
 return 1
 """
 
-# ARGV 4: iteration, 5: lease token. Drops points logged after it (a resumed run logs them again).
+# ARGV 4: iteration, 5: lease token. Drops the points logged after it (a resumed run logs them again),
+# and the snapshots after it, from the files and the event stream.
 _REWIND_HISTORY = """
 if not holds(ARGV[5]) then return -1 end
 local keep = 0
@@ -248,6 +249,19 @@ for i, raw in ipairs(redis.call('LRANGE', HISTORY, 0, -1)) do
   keep = i
 end
 if keep == 0 then redis.call('DEL', HISTORY) else redis.call('LTRIM', HISTORY, 0, keep - 1) end
+-- The abandoned part's snapshots go too: from the files (the download allowlist) and the stream.
+local after = tonumber(ARGV[4])
+for _, name in ipairs(redis.call('HKEYS', FILES)) do
+  local n = string.match(name, '^snapshot_(%d+)%.png$')
+  if n and tonumber(n) > after then redis.call('HDEL', FILES, name) end
+end
+for _, entry in ipairs(redis.call('XRANGE', EVENTS, '-', '+')) do
+  local fields = {}
+  for i = 1, #entry[2], 2 do fields[entry[2][i]] = entry[2][i + 1] end
+  if fields.type == 'snapshot' and (cjson.decode(fields.data).iteration or 0) > after then
+    redis.call('XDEL', EVENTS, entry[1])
+  end
+end
 return keep
 """
 

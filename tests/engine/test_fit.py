@@ -301,6 +301,28 @@ def test_checkpoints_are_written_every_n_and_on_cancel(tmp_path: Path) -> None:
     assert [r["iteration"] for r in saved["history"]] == [10, 20, 30, 40]
 
 
+def test_a_checkpoint_from_another_kind_of_device_resumes_with_a_fresh_jitter_stream(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    path = tmp_path / "c.pt"
+    config = _resumable_config()
+    fit(_net(), _z(), _clean(), Denoising(), config=config, generator=_jitter(),
+        checkpoint=CheckpointConfig(path, every=20), callbacks=[StopAt(20)])
+    saved = torch.load(path, weights_only=False)
+    assert saved["device"] == "cpu"
+    # As a CUDA run writes it: its Philox generator's state is 16 bytes, not the CPU generator's.
+    saved["device"], saved["generator"] = "cuda", torch.zeros(16, dtype=torch.uint8)
+    torch.save(saved, path)
+
+    recorder = Recorder()
+    with caplog.at_level("WARNING", logger="dip_engine.checkpoint"):
+        resumed = fit(_net(seed=7), _z(), _clean(), Denoising(), config=config, generator=_jitter(),
+                      checkpoint=CheckpointConfig(path, every=20), callbacks=[recorder])
+    assert recorder.events[0] == ("start", 20)  # the weights, Adam and averages came back
+    assert resumed.iterations == config.iterations and resumed.stop_reason == "completed"
+    assert [r.iteration for r in resumed.history][:2] == [10, 20]
+    assert "written on cuda and this run is on cpu" in caplog.text
+
+
 def test_resume_false_ignores_an_existing_checkpoint(tmp_path: Path) -> None:
     path = tmp_path / "c.pt"
     fit(_net(), _z(), _clean(), Denoising(), config=_config(iterations=20), generator=_jitter(),

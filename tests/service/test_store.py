@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import time
 import uuid
@@ -191,8 +192,17 @@ def test_history_rewinds_to_a_checkpoint(url: str, keys: Keys, worker_store: Wor
     token = worker_store.claim(job_id, worker="w", max_attempts=3, lease_s=30).token
     for iteration in (5, 10, 15, 20):
         worker_store.append_history(job_id, {"iteration": iteration, "loss": 1.0}, token=token)
+        name = f"snapshot_{iteration:05d}.png"
+        worker_store.add_files(job_id, {name: f"out/snapshots/iter_{iteration:05d}.png"}, token=token,
+                               event={"iteration": iteration, "name": name})
     worker_store.rewind_history(job_id, iteration=12, token=token)
     assert [p["iteration"] for p in run(lambda s: s.history(job_id), url, keys)] == [5, 10]
+    # The abandoned part's snapshots are gone from the files and the event stream alike.
+    assert sorted(worker_store.client.hkeys(keys.files(job_id))) == ["input.png", "snapshot_00005.png",
+                                                                    "snapshot_00010.png"]
+    events = [(f["type"], json.loads(f["data"])) for _, f in worker_store.client.xrange(keys.events(job_id))]
+    assert [data["iteration"] for kind, data in events if kind == "snapshot"] == [5, 10]
+    assert [kind for kind, _ in events][:2] == ["status", "status"]  # queued, running: kept
     # A live job's keys never expire; once it ends they all expire a retention period later.
     job_keys = (keys.job(job_id), keys.files(job_id), keys.history(job_id), keys.events(job_id))
     assert [worker_store.client.pttl(key) for key in job_keys if worker_store.client.exists(key)] == [-1] * 4
