@@ -19,6 +19,10 @@ _EARLY_STOP_MODES = (None, "auto", "off")
 _DEVICES = ("auto", "cpu", "cuda")
 _MAX_SEED = 2**32 - 1  # the widest range every seeded generator (numpy, torch) accepts
 _DEFAULTS = RestoreSpec(task="denoise")
+# What one job may ask to keep: history points go into Redis and every GET of the history,
+# snapshots onto the disk and into the files list.
+MAX_HISTORY_POINTS = 5000
+MAX_SNAPSHOT_REQUESTS = 200
 
 
 def validate_spec(spec: RestoreSpec, *, max_iterations: int = 20000) -> None:
@@ -65,6 +69,18 @@ def validate_spec(spec: RestoreSpec, *, max_iterations: int = 20000) -> None:
     quality = spec.jpeg_quality
     _require(quality is None or (_is_int(quality) and 1 <= quality <= 95),
              f"jpeg_quality must be an int in 1..95, got {quality!r}")
+
+    if spec.preset in PRESETS and _is_int(spec.scale) and spec.scale in SCALES:
+        from dip_engine.presets import default_iterations
+
+        iterations = default_iterations(spec)
+        for name, cap in (("log_every", MAX_HISTORY_POINTS), ("snapshot_every", MAX_SNAPSHOT_REQUESTS)):
+            every = getattr(spec, name)
+            if every is not None and iterations // every > cap:
+                what = "history points" if name == "log_every" else "snapshots"
+                raise InputError("invalid_parameter",
+                                 f"{name}={every} asks for {iterations // every} {what} over {iterations} "
+                                 f"iterations; at most {cap} per job ({name} >= {-(-iterations // cap)})")
 
     for name in sorted(TASK_FIELDS - problem.fields):
         if getattr(spec, name) != getattr(_DEFAULTS, name):

@@ -29,7 +29,7 @@ def refused(code: str, call, *args, **kwargs) -> str:
     "spec",
     [
         RestoreSpec(task="denoise"),
-        RestoreSpec(task="denoise", add_noise_sigma=25, iterations=20000, log_every=1, snapshot_every=50),
+        RestoreSpec(task="denoise", add_noise_sigma=25, iterations=20000, log_every=4, snapshot_every=100),
         RestoreSpec(task="denoise", add_noise_sigma=255.0, early_stop="auto", device="cuda", preset="paper"),
         RestoreSpec(task="superres", scale=8, from_hr=True, early_stop="off", device="cpu"),
         RestoreSpec(task="superres", scale=2),
@@ -168,3 +168,20 @@ def test_output_pixel_limit():
     assert check_inputs(spec, info(32, 32), max_output_pixels=128 * 128) == (128, 128)
     message = refused("image_too_large", check_inputs, spec, info(32, 33), max_output_pixels=128 * 128)
     assert "128x132 px" in message and "16384" in message
+
+
+@pytest.mark.parametrize(("changes", "words"), [
+    ({"iterations": 20000, "snapshot_every": 1}, ["20000 snapshots", "at most 200", "snapshot_every >= 100"]),
+    ({"iterations": 6000, "log_every": 1}, ["6000 history points", "at most 5000", "log_every >= 2"]),
+    ({"snapshot_every": 10}, ["300 snapshots over 3000 iterations"]),  # the preset's cap counts when unset
+])
+def test_requests_for_too_many_history_points_or_snapshots_are_refused(changes: dict, words: list[str]) -> None:
+    with pytest.raises(InputError) as excinfo:
+        validate_spec(RestoreSpec(task="denoise", **changes))
+    assert excinfo.value.code == "invalid_parameter"
+    for word in words:
+        assert word in excinfo.value.message
+
+
+def test_requests_at_the_caps_pass() -> None:
+    validate_spec(RestoreSpec(task="denoise", iterations=20000, snapshot_every=100, log_every=4))
