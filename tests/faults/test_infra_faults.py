@@ -153,3 +153,34 @@ def test_a_job_that_runs_longer_than_the_retention_is_kept_until_a_retention_aft
     cluster.until(lambda: not cluster.redis.exists(KEYS.job(job_id)), timeout_s=retention_s + 5,
                   what="the record expires a retention period after the end")
     assert time.monotonic() - ended_at >= retention_s - 1
+
+
+@pytest.mark.timeout(120)
+def test_the_workers_sweep_timer_deletes_old_folders_and_keeps_recent_orphans(cluster: Any) -> None:
+    """The retention sweep runs on the worker's own timer (no beat process): a folder without a
+    record goes once its newest file is a retention old; a recent one (Redis lost its record)
+    is kept and logged; a live job's folder is never touched."""
+    import os
+
+    from api.layout import new_job_id
+
+    retention_s = 30
+    cluster.start_api(DIP_RETENTION_S=str(retention_s))
+    live = cluster.submit(iterations=20, log_every=10)
+    old, recent = new_job_id(), new_job_id()
+    for name in (old, recent):
+        (cluster.results_dir / name / "out").mkdir(parents=True)
+        (cluster.results_dir / name / "out" / "result.png").write_bytes(b"png")
+    then = time.time() - 2 * retention_s
+    for path in [cluster.results_dir / old, *(cluster.results_dir / old).rglob("*")]:
+        os.utime(path, (then, then))
+    worker = cluster.start_worker("sweeper", DIP_RETENTION_S=str(retention_s), DIP_SWEEP_INTERVAL_S="1")
+    cluster.until(lambda: not (cluster.results_dir / old).exists(), timeout_s=30,
+                  what="the sweep timer deletes the old orphan", on_timeout=worker.tail)
+    cluster.until(lambda: "orphan results folder " + recent in worker.text(), timeout_s=30,
+                  what="the recent orphan is logged", on_timeout=worker.tail)
+    assert cluster.wait_finished(live)["status"] == "succeeded"
+    cluster.until(lambda: worker.text().count("retention sweep:") >= 3, timeout_s=30,
+                  what="more sweeps", on_timeout=worker.tail)
+    assert (cluster.results_dir / recent / "out" / "result.png").exists()
+    assert (cluster.results_dir / live).exists()  # its record is alive
