@@ -22,10 +22,11 @@ from api.config import Settings
 from api.layout import new_job_id
 from api.store import ClaimOutcome, JobStatus, JobStore, Keys, Renewal, RunState, WorkerStore
 from worker.celery_app import create_celery_app
-from worker.recovery import reap, worker_sender
+from worker.recovery import ReapReport, reap, worker_sender
 
 DB = 7
-SHORT_LEASE_S = 0.2
+SHORT_LEASE_S = 0.2  # for leases that must lapse: the tests wait it out
+LIVE_S = 30  # for leases and graces that must still hold when a test looks, however slow the machine
 
 
 @pytest.fixture
@@ -66,6 +67,10 @@ def env(redis_server: Any) -> Iterator[dict[str, Any]]:
     store.close()
 
 
+# A grace long enough that the reaper's first look always falls inside it, short enough to wait out.
+HAND_BACK_GRACE_S = 2.0
+
+
 def _lapse() -> None:
     time.sleep(SHORT_LEASE_S + 0.1)
 
@@ -73,10 +78,13 @@ def _lapse() -> None:
 def test_a_running_job_whose_worker_vanished_is_requeued_by_the_reaper(env: dict[str, Any]) -> None:
     store: WorkerStore = env["store"]
     job_id = env["create"](time_limit_s=600)
-    gone = store.claim(job_id, worker="w1@host:11", max_attempts=3, lease_s=SHORT_LEASE_S)
+    gone = store.claim(job_id, worker="w1@host:11", max_attempts=3, lease_s=LIVE_S)
     assert gone.outcome is ClaimOutcome.claimed
-    assert reap(store, env["send"], max_attempts=3, dispatch_grace_s=30).requeued == []  # lease still live
-    _lapse()  # no renewal: the worker vanished without a trace
+    assert reap(store, env["send"], max_attempts=3, dispatch_grace_s=30) == ReapReport([], [], [])  # lease live
+    assert store.get(job_id).status is JobStatus.running and env["messages"]() == []
+    # Its last renewal was a short one; then the worker vanished without a trace.
+    assert store.renew(job_id, token=gone.token, lease_s=SHORT_LEASE_S) is Renewal.renewed
+    _lapse()
 
     report = reap(store, env["send"], max_attempts=3, dispatch_grace_s=30)
     assert report.requeued == [job_id] and report.resent == report.failed == []
@@ -152,14 +160,16 @@ def test_a_handed_back_job_is_not_an_attempt_and_a_lost_message_is_resent(env: d
     store: WorkerStore = env["store"]
     job_id = env["create"]()
     claim = store.claim(job_id, worker="w@host:1", max_attempts=3, lease_s=30)
-    assert store.hand_back(job_id, token=claim.token, dispatch_id="d1", dispatch_grace_s=SHORT_LEASE_S)
-    assert not store.hand_back(job_id, token=claim.token, dispatch_id="d2", dispatch_grace_s=SHORT_LEASE_S)
+    assert store.hand_back(job_id, token=claim.token, dispatch_id="d1", dispatch_grace_s=HAND_BACK_GRACE_S)
+    handed_back = time.monotonic()
+    assert not store.hand_back(job_id, token=claim.token, dispatch_id="d2", dispatch_grace_s=HAND_BACK_GRACE_S)
     record = store.get(job_id)
     assert record.status is JobStatus.queued and record.attempts == 0
     assert env["statuses"](job_id)[-1] == ("queued", "worker_shutdown")
     # The worker died before sending the message: within the grace a reaper leaves it be...
-    assert reap(store, env["send"], max_attempts=3, dispatch_grace_s=30).requeued == []
-    _lapse()
+    assert reap(store, env["send"], max_attempts=3, dispatch_grace_s=30) == ReapReport([], [], [])
+    assert env["messages"]() == []
+    time.sleep(max(0.0, HAND_BACK_GRACE_S + 0.1 - (time.monotonic() - handed_back)))  # the grace lapses
     # ...after it, sends it (a queued job is never left without a message).
     assert reap(store, env["send"], max_attempts=3, dispatch_grace_s=30).resent == [job_id]
     assert env["messages"]() == [([job_id], [None, None])]

@@ -30,22 +30,43 @@ async def _follow(api: Any, job_id: str, started: asyncio.Event, opened: list[in
     async with httpx.AsyncClient(base_url=api.url, headers={"Authorization": f"Bearer {api.keys['alice']}"},
                                  timeout=httpx.Timeout(10.0, read=60.0)) as client:
         async with client.stream("GET", f"/v1/jobs/{job_id}/events") as response:
-            if response.status_code == 200:
-                async for line in response.aiter_lines():
-                    if line.startswith("data:"):
-                        break
-            opened.append(response.status_code)
-            if len(opened) == FOLLOWERS:
-                started.set()
-            await stop.wait()
-            return response.status_code
+            # Held until the end: a line iterator dropped after ``break`` is finalized, which
+            # closes the connection and ends the stream on the server.
+            lines = response.aiter_lines()
+            try:
+                if response.status_code == 200:
+                    async for line in lines:
+                        if line.startswith("data:"):
+                            break
+                opened.append(response.status_code)
+                if len(opened) == FOLLOWERS:
+                    started.set()
+                await stop.wait()
+                return response.status_code
+            finally:
+                await lines.aclose()
+
+
+def _waiting_streams(api: Any) -> int:
+    """How many connections of the API's database wait in a blocking XREAD now (Redis ``CLIENT LIST``)."""
+    return sum(1 for c in api.redis.client_list()
+               if str(c.get("db")) == str(FOLLOWERS_DB) and "b" in c.get("flags", "") and c.get("cmd") == "xread")
+
+
+async def _until_every_stream_waits_on_redis(api: Any, *, timeout_s: float = 60.0) -> None:
+    # A stream re-blocks every few seconds (its XREAD times out, it checks on the job, waits
+    # again): keep looking until one moment shows all of them waiting at once.
+    deadline = asyncio.get_running_loop().time() + timeout_s
+    while (waiting := await asyncio.to_thread(_waiting_streams, api)) < FOLLOWERS:
+        assert asyncio.get_running_loop().time() < deadline, f"only {waiting} of {FOLLOWERS} streams wait on Redis"
+        await asyncio.sleep(0.05)
 
 
 async def _scenario(api: Any, job_id: str) -> tuple[list[int], list[int]]:
     started, stop, opened = asyncio.Event(), asyncio.Event(), []
     followers = [asyncio.create_task(_follow(api, job_id, started, opened, stop)) for _ in range(FOLLOWERS)]
     await asyncio.wait_for(started.wait(), timeout=60)
-    await asyncio.sleep(0.5)  # every stream is now waiting on Redis for news
+    await _until_every_stream_waits_on_redis(api)  # each holds a Redis connection now
     async with httpx.AsyncClient(base_url=api.url, headers={"Authorization": f"Bearer {api.keys['alice']}"},
                                  limits=httpx.Limits(max_connections=READERS), timeout=30.0) as client:
         reads = await asyncio.gather(*(client.get(f"/v1/jobs/{job_id}") for _ in range(READERS)))

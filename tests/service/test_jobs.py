@@ -13,6 +13,8 @@ from typing import Any
 import numpy as np
 import pytest
 
+from tests.service.conftest import parse_sse
+
 
 FAST = {"preset": "fast", "iterations": 40, "log_every": 5}
 
@@ -185,11 +187,23 @@ def test_canceling_a_queued_job_means_it_never_starts(service: Any, image64: byt
     assert response.status_code == 200 and response.json()["status"] == "canceled"
     assert service.http.post(f"/v1/jobs/{blocker['id']}/cancel").status_code == 202
     service.wait_finished(blocker["id"], timeout_s=5.0)
-    time.sleep(0.5)  # the canceled job's message reaches the worker, which must skip it
+
+    # The canceled job's message still reaches the worker, which must skip it: wait until its
+    # log says so (the worker is free now, so this comes right after the blocker's end).
+    skipped = f"job {queued['id']} not run: "
+    deadline = time.monotonic() + 30
+    while skipped not in (log := (service.logs / "worker.log").read_text(errors="replace")):
+        assert time.monotonic() < deadline, f"the worker never took the canceled job's message:\n" \
+                                            f"{service.log_tail('worker.log')}"
+        time.sleep(0.05)
+    assert f"{skipped}finished" in log, service.log_tail("worker.log")  # skipped as already ended
+    assert f"job {queued['id']}: attempt" not in log  # and never started
 
     job = service.job(queued["id"])
     assert job["status"] == "canceled" and job["started_at"] is None and job["attempts"] == 0
     assert job["outputs"]["result"] is None
+    statuses = [e["data"]["status"] for e in service.events(job["links"]["events"]) if e["event"] == "status"]
+    assert statuses == ["queued", "canceled"]  # it was never running
 
 
 def test_events_stream_in_order_to_the_terminal_status_and_resume(service: Any, image64: bytes) -> None:
@@ -217,6 +231,23 @@ def test_events_stream_in_order_to_the_terminal_status_and_resume(service: Any, 
 
     bad = service.http.get(events_url, headers={"Last-Event-ID": "yesterday"})
     assert bad.status_code == 422 and bad.json()["error"]["code"] == "invalid_parameter"
+
+
+def test_a_stream_dropped_while_the_job_runs_resumes_where_it_stopped(service: Any, image64: bytes) -> None:
+    submitted = service.submit_ok({"image": image64}, task="denoise", add_noise_sigma=20, iterations=400,
+                                  log_every=10, preset="fast")
+    events_url = submitted["links"]["events"]
+    first: list[dict[str, Any]] = []
+    with service.http.stream("GET", events_url, timeout=60) as response:
+        for event in parse_sse(response.iter_lines()):
+            first.append(event)
+            if sum(e["event"] == "progress" for e in first) >= 3:
+                break  # drop the connection in the middle of the run
+    assert service.job(submitted["id"])["status"] == "running", "the job must still be running"
+    rest = service.events(events_url, last_event_id=first[-1]["id"])
+    assert rest and rest[-1]["data"]["status"] == "succeeded"
+    # Together, exactly the whole stream: nothing lost, nothing twice.
+    assert first + rest == service.events(events_url)
 
 
 def _kill_running_child(service: Any, job_id: str, *, attempt: int, min_iteration: int = 1) -> None:

@@ -1,12 +1,12 @@
 from __future__ import annotations
 
-import argparse
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
-from stack.cli import COMMANDS, build_parser, main, worker_argv
+from stack.cli import COMMANDS, _run_restore, build_parser, main, worker_argv
 
 
 def test_every_command_has_help() -> None:
@@ -41,8 +41,9 @@ def test_worker_command_line() -> None:
 
 def test_restore_takes_the_engine_arguments() -> None:
     args = build_parser().parse_args(["restore", "denoise", "in.png", "--iterations", "10"])
-    assert (args.task, args.iterations) == ("denoise", 10)
-    assert isinstance(args, argparse.Namespace)
+    assert (args.command, args.task, args.input, args.iterations) == ("restore", "denoise", Path("in.png"), 10)
+    assert (args.preset, args.scale) == ("fast", 4)  # the engine's defaults where nothing was given
+    assert args._run is _run_restore  # main() hands these to the engine's restore
 
 
 def test_serve_refuses_a_negative_grace(capsys: pytest.CaptureFixture[str]) -> None:

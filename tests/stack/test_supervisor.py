@@ -141,9 +141,9 @@ def test_a_crash_loop_backs_off(supervised) -> None:
     for step, (expected, said, took) in enumerate(zip(configured, announced, waited)):
         assert said <= expected + 1e-6, f"restart {step + 1}: announced {said} s, more than {expected} s"
         assert took >= expected - 1e-6, f"restart {step + 1}: restarted after {took} s, before {expected} s"
-    # The delays grew: the later restarts waited longer than the first delay ever was...
-    assert min(waited[2:]) > max_s - 1e-6 > first_s >= announced[0]
-    # ...and never past the cap (doubling on would have announced 1.6 s for the fourth).
+    # So the delays grew: the later restarts waited clearly longer than the first was announced...
+    assert min(waited[2:]) > 2 * announced[0]
+    # ...and stopped at the cap (doubling on would have announced 1.6 s for the fourth).
     assert max(announced) <= max_s + 1e-6
     assert sup.status()[0].restarts == 4
 
