@@ -9,7 +9,6 @@ job by job and resumed from each job's checkpoint.
 from __future__ import annotations
 
 import json
-import os
 import signal
 from pathlib import Path
 from typing import Any
@@ -18,7 +17,7 @@ import pytest
 
 from api.config import Settings
 
-pytestmark = [pytest.mark.e2e, pytest.mark.skipif(os.name != "posix", reason="process groups and POSIX signals")]
+pytestmark = pytest.mark.e2e
 
 LOG_EVERY = 10
 BATCHING = {"DIP_BATCH_MAX": "3", "DIP_BATCH_WAIT_S": "1"}

@@ -8,7 +8,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import httpx
@@ -17,10 +16,11 @@ import pytest
 from PIL import Image
 
 from stack.process import free_port, pid_alive
+from tests.faults.conftest import until
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
-pytestmark = [pytest.mark.e2e, pytest.mark.skipif(os.name != "posix", reason="POSIX signals")]
+pytestmark = pytest.mark.e2e
 
 
 def _png(size: int = 64) -> bytes:
@@ -29,17 +29,6 @@ def _png(size: int = 64) -> bytes:
     buffer = io.BytesIO()
     Image.fromarray((rgb * 255).round().astype(np.uint8)).save(buffer, format="PNG")
     return buffer.getvalue()
-
-
-def _until(condition, *, timeout_s: float, what: str, log: Path):  # noqa: ANN001, ANN202 - a local helper
-    deadline = time.monotonic() + timeout_s
-    while True:
-        value = condition()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            pytest.fail(f"not within {timeout_s} s: {what}\n{log.read_text(errors='replace')[-4000:]}")
-        time.sleep(0.1)
 
 
 @pytest.mark.timeout(300)
@@ -53,6 +42,10 @@ def test_dip_serve_runs_a_job_end_to_end_and_stops_cleanly(tmp_path: Path) -> No
         serve = subprocess.Popen([sys.executable, "-m", "stack.cli", "serve", "--port", str(port)], cwd=tmp_path,
                                  env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
     http = httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=30)
+
+    def tail() -> str:
+        return log.read_text(errors="replace")[-4000:]
+
     try:
         def ready() -> bool:
             assert serve.poll() is None, log.read_text(errors="replace")
@@ -60,14 +53,14 @@ def test_dip_serve_runs_a_job_end_to_end_and_stops_cleanly(tmp_path: Path) -> No
                 return http.get("/readyz").status_code == 200
             except httpx.TransportError:
                 return False
-        _until(ready, timeout_s=180, what="dip serve ready (Redis, worker, API)", log=log)
+        until(ready, timeout_s=180, what="dip serve ready (Redis, worker, API)", on_timeout=tail)
 
         response = http.post("/v1/jobs", files={"image": ("photo.png", _png(), "image/png")},
                              data={"task": "denoise", "add_noise_sigma": "25", "iterations": "30", "log_every": "10"})
         assert response.status_code == 202, response.text
         job_url = f"/v1/jobs/{response.json()['id']}"
-        job = _until(lambda: (j := http.get(job_url).json())["status"] in ("succeeded", "failed", "canceled") and j,
-                     timeout_s=120, what="the job ends", log=log)
+        job = until(lambda: (j := http.get(job_url).json())["status"] in ("succeeded", "failed", "canceled") and j,
+                    timeout_s=120, what="the job ends", on_timeout=tail)
         assert job["status"] == "succeeded", job
         assert job["metrics"]["psnr_output"] is not None  # scored against the clean upload
         result = http.get(job["outputs"]["result"])
