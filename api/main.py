@@ -15,7 +15,7 @@ from api.errors import install_error_handlers
 from api.queue import JobQueue
 from api.request_guard import RequestGuard
 from api.routes import events, health, jobs, results
-from api.store import JobStore, eviction_refusal
+from api.store import JobStore, check_eviction_policy
 
 log = logging.getLogger(__name__)
 
@@ -60,8 +60,4 @@ async def _check_eviction(store: JobStore, settings: Settings) -> None:
     except Exception as exc:  # noqa: BLE001 - Redis may be starting: /readyz reports it, the API still serves
         log.warning("could not read Redis's eviction policy (%s); checked by workers at their start", exc)
         return
-    refusal = eviction_refusal(policy, allowed=settings.allow_eviction)
-    if refusal is not None:
-        raise RuntimeError(refusal)
-    if settings.allow_eviction and policy != "noeviction":
-        log.warning("Redis may evict keys (maxmemory-policy %s): running anyway, as DIP_ALLOW_EVICTION says", policy)
+    check_eviction_policy(policy, allowed=settings.allow_eviction)

@@ -13,7 +13,7 @@ import os
 import platform
 import time
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -258,9 +258,8 @@ def restore_batch(
 
 
 def _fit_arguments(job: BatchJob) -> dict[str, Any]:
-    return {"net": job.net, "z": job.z, "y": job.y, "physics": job.physics, "reference": job.reference,
-            "crop": job.crop, "callbacks": job.callbacks, "checkpoint": job.checkpoint,
-            "snapshot": job.snapshot, "generator": job.generator, "noise_sigma": job.noise_sigma}
+    # A BatchJob's fields are fit()'s arguments besides the config, by name.
+    return {f.name: getattr(job, f.name) for f in fields(job)}
 
 
 def _prepare(request: RestoreRequest, limits: RestoreLimits) -> _Prepared:

@@ -59,6 +59,8 @@ def gather(store: WorkerStore, leader: Claim, settings: Settings, *, worker: str
     time_limit = store.time_limit_s(leader.record.id)
     taken = {leader.record.id}
     joined: list[Claim] = []
+    # A queued job's parameters, image and time limit do not change: read each one's key once.
+    keys: dict[str, tuple[Any, ...] | None] = {}
     deadline = time.monotonic() + settings.batch_wait_s
     try:
         while True:
@@ -66,9 +68,12 @@ def gather(store: WorkerStore, leader: Claim, settings: Settings, *, worker: str
                 if job_id in taken:
                     continue
                 record = store.get(job_id)
-                if (record is None or record.status is not JobStatus.queued or record.cancel_requested
-                        or batch_key(record, settings.results_dir) != key
-                        or store.time_limit_s(job_id) != time_limit):
+                if record is None or record.status is not JobStatus.queued or record.cancel_requested:
+                    continue
+                if job_id not in keys:
+                    keys[job_id] = (None if store.time_limit_s(job_id) != time_limit
+                                    else batch_key(record, settings.results_dir))
+                if keys[job_id] != key:
                     continue
                 claim = store.claim(job_id, worker=worker, max_attempts=settings.max_attempts,
                                     lease_s=settings.lease_s)

@@ -30,7 +30,7 @@ from celery.signals import worker_shutting_down
 
 from api.config import Settings
 from api.layout import JOB_ID, STAGING_DIR, job_dir
-from api.store import WorkerStore, eviction_refusal
+from api.store import WorkerStore, check_eviction_policy
 from worker.recovery import Send, reap, worker_sender
 
 log = logging.getLogger(__name__)
@@ -143,13 +143,11 @@ class Maintenance(bootsteps.StartStopStep):
         except redis.exceptions.RedisError as exc:
             log.warning("could not read Redis's eviction policy (%s); checked again at the next start", exc)
             return
-        refusal = eviction_refusal(policy, allowed=settings.allow_eviction)
-        if refusal is not None:
+        try:
+            check_eviction_policy(policy, allowed=settings.allow_eviction)
+        except RuntimeError as refusal:
             log.critical("%s", refusal)
-            raise SystemExit(f"refusing to start: {refusal}")
-        if settings.allow_eviction and policy != "noeviction":
-            log.warning("Redis may evict keys (maxmemory-policy %s): running anyway, as DIP_ALLOW_EVICTION says",
-                        policy)
+            raise SystemExit(f"refusing to start: {refusal}") from None
 
     def stop(self, worker: Any) -> None:
         worker_shutting_down.disconnect(self._drain)

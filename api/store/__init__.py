@@ -4,7 +4,7 @@
 the worker processes; both run the same atomic scripts over the same keys.
 """
 
-from .base import eviction_refusal
+from .base import check_eviction_policy
 from .jobs import InvalidCursor, JobStore, StoreStats
 from .keys import Keys
 from .records import EventType, JobEvent, JobRecord, JobStatus
@@ -12,5 +12,5 @@ from .worker import Claim, ClaimOutcome, ReapOutcome, Renewal, RunState, WorkerS
 
 __all__ = [
     "Claim", "ClaimOutcome", "EventType", "InvalidCursor", "JobEvent", "JobRecord", "JobStatus",
-    "JobStore", "Keys", "ReapOutcome", "Renewal", "RunState", "StoreStats", "WorkerStore", "eviction_refusal",
+    "JobStore", "Keys", "ReapOutcome", "Renewal", "RunState", "StoreStats", "WorkerStore", "check_eviction_policy",
 ]

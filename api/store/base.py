@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import json
+import logging
 from typing import Any
 
 from .keys import Keys
 from .records import JobRecord, JobStatus
 from .scripts import Scripts
+
+log = logging.getLogger(__name__)
 
 # Upper bounds (seconds) of the job duration histogram kept in Redis.
 DURATION_BUCKETS: tuple[float, ...] = (1, 5, 15, 30, 60, 120, 300, 600, 1800, 3600, 7200, 14400)
@@ -59,14 +62,18 @@ class StoreBase:
         return records
 
 
-def eviction_refusal(policy: str, *, allowed: bool) -> str | None:
-    """Why a process must not run on a Redis whose ``maxmemory-policy`` is ``policy``; ``None`` if
-    it may. A policy that evicts keys would silently delete job records, leases and queued messages."""
-    if allowed or not policy.startswith(("allkeys-", "volatile-")):
-        return None
-    return (f"Redis may evict keys under memory pressure (maxmemory-policy {policy}): job records, leases "
-            "and queued jobs could vanish. Set `maxmemory-policy noeviction` on that Redis "
-            "(`dip serve` and docker-compose.yml do), or DIP_ALLOW_EVICTION=true to run anyway.")
+def check_eviction_policy(policy: str, *, allowed: bool) -> None:
+    """Refuse (``RuntimeError``) a Redis whose ``maxmemory-policy`` evicts keys, which would silently
+    delete job records, leases and queued messages; log it if ``allowed`` (DIP_ALLOW_EVICTION)."""
+    if not policy.startswith(("allkeys-", "volatile-")):
+        return
+    if allowed:
+        log.warning("Redis may evict keys (maxmemory-policy %s): running anyway, as DIP_ALLOW_EVICTION says",
+                    policy)
+        return
+    raise RuntimeError(f"Redis may evict keys under memory pressure (maxmemory-policy {policy}): job records, "
+                       "leases and queued jobs could vanish. Set `maxmemory-policy noeviction` on that Redis "
+                       "(`dip serve` and docker-compose.yml do), or DIP_ALLOW_EVICTION=true to run anyway.")
 
 
 def to_json(value: Any) -> str:
