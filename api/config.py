@@ -70,7 +70,9 @@ class Settings(BaseSettings):
     max_snapshots: int = Field(100, ge=0, description="Snapshot PNGs kept per job: one per logged point up "
                                "to this many, evenly thinned past it (0: none).")
     lease_s: float = Field(30.0, gt=0, description="A running job's lease: renewed every third of it; "
-                           "a job whose lease lapses (its worker died) is re-queued. Also the grace a "
+                           "a job whose lease lapsed (its worker died, or was cut off from Redis) more "
+                           "than half a lease ago is re-queued, and a worker that could not renew it for a "
+                           "whole lease stops the job, writing nothing more. Also the grace a "
                            "queued job's message has to be confirmed sent (by the API on submission, by "
                            "a worker on re-queueing) before a worker's reaper sends it again.")
     redis_retry_s: float = Field(120.0, gt=0, description="How long a worker retries a job's final "
@@ -128,6 +130,15 @@ class Settings(BaseSettings):
     def job_time_limit_s(self) -> int:
         """Soft wall-time limit of one run of a job."""
         return self.max_job_seconds or self.soft_time_limit_s
+
+    @property
+    def lease_margin_s(self) -> float:
+        """How long past a lease's expiry reapers wait before they re-queue its job.
+
+        Its holder stopped writing at the expiry at the latest (the fence in
+        ``worker.lease``), but may be inside one iteration, or one write, then.
+        """
+        return self.lease_s / 2
 
     @property
     def visibility_timeout_s(self) -> int:

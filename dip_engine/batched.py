@@ -323,7 +323,8 @@ class _Run:
         if config.channels_last:
             self.z = self.z.contiguous(memory_format=torch.channels_last)
         self.state = FitState(total=config.iterations, iteration=self.iteration, start_iteration=self.iteration,
-                              elapsed_s=self.elapsed_before)
+                              elapsed_s=self.elapsed_before, resumed_history=tuple(self.history),
+                              resumed_snapshots=tuple(self.snapshots))
         self.state.best_iteration, self.state.best_psnr = self.best.iteration, self.best.psnr
         self.state.early_stop_iteration = self.early.detected_iteration if self.early is not None else None
         self.state.last = self.history[-1] if self.history else None

@@ -30,6 +30,10 @@ class FitState:
     expected_end: int | None = None
     last: LogRecord | None = None
     stop_reason: str | None = None
+    # What a resumed run's checkpoint had already logged and written: a callback whose own
+    # writes of them were lost (a worker cut off from its store) can publish them again.
+    resumed_history: tuple[LogRecord, ...] = ()
+    resumed_snapshots: tuple[Path, ...] = ()
     _clock_start: float = field(default_factory=time.monotonic, repr=False)
 
     def request_stop(self, reason: str) -> None:

@@ -227,7 +227,8 @@ def fit(
         snapshots = [Path(p) for p in saved["snapshots"]]
         start, elapsed_before = saved["iteration"], saved["elapsed_s"]
 
-    state = FitState(total=config.iterations, iteration=start, start_iteration=start, elapsed_s=elapsed_before)
+    state = FitState(total=config.iterations, iteration=start, start_iteration=start, elapsed_s=elapsed_before,
+                     resumed_history=tuple(history), resumed_snapshots=tuple(snapshots))
     state.best_iteration, state.best_psnr = best.iteration, best.psnr
     state.early_stop_iteration = early.detected_iteration if early is not None else None
     state.last = history[-1] if history else None

@@ -171,7 +171,7 @@ class Maintenance(bootsteps.StartStopStep):
     def _reap(self) -> None:
         try:
             report = reap(self._store, self._send, max_attempts=self._settings.max_attempts,
-                          dispatch_grace_s=self._settings.lease_s)
+                          dispatch_grace_s=self._settings.lease_s, margin_s=self._settings.lease_margin_s)
         except Exception as exc:  # noqa: BLE001 - Redis or the broker away: the next round retries
             log.warning("reaper failed: %s", exc)
             return

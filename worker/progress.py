@@ -8,8 +8,10 @@ always. Every iteration it may also look at the job's flags, at most every
 - cancel requested: stop, keep the partial outputs (the job ends ``canceled``);
 - the worker is shutting down (its drain flag), or its main process is gone:
   stop with a checkpoint and hand the job back (see :attr:`JobReporter.handed_back`);
-- the lease is lost (another worker runs the job now): raise :class:`LeaseLost`
-  at once, so the run writes no outputs and no final status.
+- the lease is lost (another worker runs the job now), or has not been renewed
+  for longer than the lease (the fence, see :mod:`worker.lease`): raise
+  :class:`LeaseLost` at once, so the run writes no more files, no outputs and no
+  final status. Each hook checks it last, since the engine writes right after.
 
 While Redis is unreachable the run goes on: progress is skipped, history points
 and snapshots wait and are written in order once Redis answers again.
@@ -25,7 +27,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
-from api.layout import snapshot_file_name
+from api.layout import snapshot_file_name, snapshot_order
 from api.schemas import Metrics, Progress
 from api.store import RunState, WorkerStore
 from dip_engine.callbacks import Callback, FitState
@@ -96,34 +98,47 @@ class JobReporter(Callback):
         self.handed_back = False
 
     def on_fit_start(self, state: FitState) -> None:
-        # A resumed run starts at its checkpoint and logs the later points again.
+        # A resumed run starts at its checkpoint and logs the later points again. What the
+        # checkpoint holds is published again too (the store skips what it has): the run
+        # that wrote it may have been cut off from Redis before it could publish it.
         self._rewind_to = state.start_iteration
+        self._points = [_finite(record.to_dict()) for record in state.resumed_history]
+        self._snapshots = [self._snapshot(path) for path in state.resumed_snapshots
+                           if path.is_file() and path.is_relative_to(self._job_dir)]
         # A cancel that came before the first step is obeyed at the first step,
         # so the run has an output to keep.
         self._publish(state, stop=False)
 
     def on_step(self, state: FitState) -> None:
-        if self._lease.lost:
-            raise LeaseLost(f"job {self._job_id}: lease lost")
+        self._lease.check()
         if self._progress.ready():
             self._publish(state, stop=True)
         elif self._poll.ready():
             self._obey(state, self._write(lambda: self._store.report(
                 self._job_id, token=self._lease.token, worker=self._worker)), stop=True)
+        # Again after the writes: one may have waited seconds on a silent Redis, and the
+        # loop writes a checkpoint right after this hook.
+        self._lease.check()
 
     def on_log(self, state: FitState, record: LogRecord) -> None:
         self._points.append(_finite(record.to_dict()))
         self._flush()
+        self._lease.check()  # a snapshot file may be written next
 
     def on_snapshot(self, state: FitState, path: Path) -> None:
-        name = snapshot_file_name(path)
-        self._snapshots.append(({name: path.relative_to(self._job_dir).as_posix()},
-                                {"iteration": state.iteration, "name": name}))
+        self._snapshots.append(self._snapshot(path))
         self._flush()
+        self._lease.check()
 
     def on_fit_end(self, state: FitState) -> None:
         # The loop is over: a stop request could only relabel a finished run.
         self._publish(state, stop=False)
+        self._lease.check()  # the outputs are written next
+
+    def _snapshot(self, path: Path) -> tuple[dict[str, str], dict[str, Any]]:
+        """(files entry, event data) that publish one snapshot."""
+        name = snapshot_file_name(path)
+        return {name: path.relative_to(self._job_dir).as_posix()}, {"iteration": snapshot_order(name), "name": name}
 
     def flush(self, *, within_s: float) -> bool:
         """Write the history points and snapshots that still wait for Redis (the run is over),

@@ -65,7 +65,7 @@ def dispatch(store: WorkerStore, job_id: str, dispatch_id: str, send: Send) -> N
 
 
 def reap(store: WorkerStore, send: Send, *, max_attempts: int, dispatch_grace_s: float,
-         limit: int = 100) -> ReapReport:
+         margin_s: float = 0.0, limit: int = 100) -> ReapReport:
     """Re-queue (or fail, at the attempt cap) the jobs whose lease has lapsed.
 
     Args:
@@ -74,13 +74,16 @@ def reap(store: WorkerStore, send: Send, *, max_attempts: int, dispatch_grace_s:
         max_attempts: A job whose worker died on its last allowed attempt fails.
         dispatch_grace_s: How long a re-queued job waits for its message to be
             confirmed before another reaper sends one again.
+        margin_s: Only leases that expired longer ago than this: a holder cut off
+            from Redis stops at its lease's expiry, and may still be finishing an
+            iteration then (``Settings.lease_margin_s``).
         limit: Jobs handled per call (the rest go next time).
     """
     report = ReapReport(requeued=[], resent=[], failed=[])
-    for job_id in store.expired_leases(limit=limit):
+    for job_id in store.expired_leases(margin_s=margin_s, limit=limit):
         dispatch_id = new_dispatch_id()
         outcome = store.reap(job_id, max_attempts=max_attempts, dispatch_id=dispatch_id,
-                             dispatch_grace_s=dispatch_grace_s)
+                             dispatch_grace_s=dispatch_grace_s, margin_s=margin_s)
         if outcome in (ReapOutcome.requeued, ReapOutcome.dispatch):
             dispatch(store, job_id, dispatch_id, send)
             (report.requeued if outcome is ReapOutcome.requeued else report.resent).append(job_id)

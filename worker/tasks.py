@@ -44,7 +44,10 @@ class JobTask(Task):
     @property
     def store(self) -> WorkerStore:
         if self._store is None:
-            self._store = WorkerStore.from_url(self.settings.redis_url, retention_s=self.settings.retention_s)
+            # A call stuck on a silent Redis must not outlast the lease's margin: the
+            # fence (worker.lease) is checked between calls.
+            self._store = WorkerStore.from_url(self.settings.redis_url, retention_s=self.settings.retention_s,
+                                               socket_timeout_s=min(10.0, self.settings.lease_margin_s / 2))
         return self._store
 
 
@@ -107,7 +110,8 @@ def run_jobs(store: WorkerStore, claims: Sequence[Claim], settings: Settings, *,
     assert all(record is not None for record in records)
     directories = [job_dir(settings.results_dir, record.id) for record in records]  # type: ignore[union-attr]
     with ExitStack() as held:
-        leases = [held.enter_context(LeaseKeeper(store, record.id, claim.token, lease_s=settings.lease_s))
+        leases = [held.enter_context(LeaseKeeper(store, record.id, claim.token, lease_s=settings.lease_s,
+                                                 held_since=claim.sent_at))
                   for claim, record in zip(claims, records)]  # type: ignore[union-attr]
         reporters = [JobReporter(store, lease, directory, progress_interval_s=settings.progress_interval_s,
                                  worker=worker, parent_pid=parent_pid)

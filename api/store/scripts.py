@@ -231,9 +231,12 @@ return 1
 """
 
 # ARGV 4: one history point (JSON), 5: lease token. Keys created after submission share the job's expiry (none while it is live).
+# A point at or before the last one stored is already there: a retry after a reply lost to a timeout.
 _APPEND_HISTORY = """
 local ttl = redis.call('PTTL', JOB)
 if ttl == -2 or not holds(ARGV[5]) then return 0 end
+local last = redis.call('LINDEX', HISTORY, -1)
+if last and cjson.decode(last).iteration >= cjson.decode(ARGV[4]).iteration then return 1 end
 redis.call('RPUSH', HISTORY, ARGV[4])
 if ttl > 0 then redis.call('PEXPIRE', HISTORY, ttl) end
 return 1
@@ -266,10 +269,12 @@ return keep
 """
 
 # ARGV 4: files (JSON object), 5: snapshot event data (JSON) or "", 6: lease token.
+# The event only for a file not listed yet: a resumed run publishes its checkpoint's snapshots again.
 _ADD_FILES = """
 if not holds(ARGV[6]) then return 0 end
-hset_json(FILES, ARGV[4])
-if ARGV[5] ~= '' then emit('snapshot', ARGV[5]) end
+local added = 0
+for name, path in pairs(cjson.decode(ARGV[4])) do added = added + redis.call('HSET', FILES, name, path) end
+if ARGV[5] ~= '' and added > 0 then emit('snapshot', ARGV[5]) end
 return 1
 """
 
@@ -347,7 +352,8 @@ return 1
 """
 
 # ARGV 4: attempt cap, 5: message when the cap is reached, 6: dispatch id, 7: dispatch grace
-# in seconds. KEYS 11: the lease index. For a job whose lease-index entry has expired:
+# in seconds, 8: margin in seconds. KEYS 11: the lease index. For a job whose lease-index entry
+# expired more than the margin ago:
 # "requeued" (running, but its holder stopped renewing: now queued, send it again),
 # "dispatch" (queued, its message maybe never sent: send it again), "failed" (the attempt cap
 # is reached: now failed), "live" (renewed meanwhile) or "gone" (ended or deleted).
@@ -355,7 +361,7 @@ _REAP = """
 local expires = redis.call('ZSCORE', KEYS[11], ID)
 if not expires then return 'gone' end
 local t = now()
-if tonumber(expires) > t then return 'live' end
+if tonumber(expires) + tonumber(ARGV[8]) > t then return 'live' end
 local status = redis.call('HGET', JOB, 'status')
 if status ~= 'running' and status ~= 'queued' then
   redis.call('ZREM', KEYS[11], ID)

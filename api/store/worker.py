@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import secrets
+import time
 from dataclasses import dataclass
 from enum import Enum
 from typing import Any
@@ -26,7 +27,8 @@ class ClaimOutcome(str, Enum):
 @dataclass(frozen=True)
 class Claim:
     """What a claim found. ``token`` is the new lease's (when claimed); ``holder`` and
-    ``holder_token`` name the live lease that made it ``busy``."""
+    ``holder_token`` name the live lease that made it ``busy``. ``sent_at``: when the claim
+    was sent (``time.monotonic()``), where the new lease's fence starts counting."""
 
     outcome: ClaimOutcome
     attempt: int
@@ -34,6 +36,7 @@ class Claim:
     token: str = ""
     holder: str = ""
     holder_token: str = ""
+    sent_at: float | None = None
 
 
 class RunState(str, Enum):
@@ -73,12 +76,14 @@ class WorkerStore(StoreBase):
     """
 
     @classmethod
-    def from_url(cls, url: str, **options: Any) -> WorkerStore:
+    def from_url(cls, url: str, *, socket_timeout_s: float = 10.0, **options: Any) -> WorkerStore:
+        """``socket_timeout_s``: the longest one call may wait on a silent Redis (a running
+        job's store keeps it under its lease's margin, so its fence is never held up)."""
         # Fail fast while Redis is away (the caller decides what to retry); the one
         # retry replaces a pooled connection that a Redis restart has closed.
         client = redis.Redis.from_url(
-            url, decode_responses=True, socket_connect_timeout=2, socket_timeout=10,
-            health_check_interval=30, retry=Retry(NoBackoff(), 1),
+            url, decode_responses=True, socket_connect_timeout=min(2.0, socket_timeout_s),
+            socket_timeout=socket_timeout_s, health_check_interval=30, retry=Retry(NoBackoff(), 1),
         )
         return cls(client, **options)
 
@@ -99,6 +104,7 @@ class WorkerStore(StoreBase):
         is that lease's token. Past ``max_attempts`` the job is failed instead.
         """
         token = secrets.token_urlsafe(12)
+        sent_at = time.monotonic()
         reply = self._scripts.claim(**self._job_call(
             job_id, worker, max_attempts, attempt_cap_message(max_attempts), token, lease_s, take_over,
             extra_keys=(self.keys.leases,)))
@@ -108,7 +114,8 @@ class WorkerStore(StoreBase):
         if outcome is ClaimOutcome.busy:
             return Claim(outcome, attempt, None, holder=reply[2], holder_token=reply[3])
         record = self.get(job_id) if outcome is ClaimOutcome.claimed else None
-        return Claim(outcome, attempt, record, token=token if outcome is ClaimOutcome.claimed else "")
+        return Claim(outcome, attempt, record, token=token if outcome is ClaimOutcome.claimed else "",
+                     sent_at=sent_at)
 
     def renew(self, job_id: str, *, token: str, lease_s: float) -> Renewal:
         """Extend the lease ``token`` holds by ``lease_s`` from now (Redis clock)."""
@@ -178,15 +185,18 @@ class WorkerStore(StoreBase):
         raw = self.client.hget(self.keys.job(job_id), "time_limit_s")
         return int(raw) if raw else None
 
-    def expired_leases(self, *, limit: int = 100) -> list[str]:
-        """Ids in the lease index whose entry has expired (Redis clock)."""
+    def expired_leases(self, *, margin_s: float = 0.0, limit: int = 100) -> list[str]:
+        """Ids in the lease index whose entry expired more than ``margin_s`` ago (Redis clock)."""
         seconds, micros = self.client.time()
-        return self.client.zrangebyscore(self.keys.leases, "-inf", seconds + micros / 1e6, start=0, num=limit)
+        return self.client.zrangebyscore(self.keys.leases, "-inf", seconds + micros / 1e6 - margin_s,
+                                         start=0, num=limit)
 
-    def reap(self, job_id: str, *, max_attempts: int, dispatch_id: str, dispatch_grace_s: float) -> ReapOutcome:
-        """Take back a job whose lease expired: re-queue it, or fail it at the attempt cap."""
+    def reap(self, job_id: str, *, max_attempts: int, dispatch_id: str, dispatch_grace_s: float,
+             margin_s: float = 0.0) -> ReapOutcome:
+        """Take back a job whose lease expired more than ``margin_s`` ago: re-queue it, or fail
+        it at the attempt cap."""
         return ReapOutcome(self._scripts.reap(**self._job_call(
-            job_id, max_attempts, attempt_cap_message(max_attempts), dispatch_id, dispatch_grace_s,
+            job_id, max_attempts, attempt_cap_message(max_attempts), dispatch_id, dispatch_grace_s, margin_s,
             extra_keys=(self.keys.leases,))))
 
     def set_draining(self, worker: str, *, ttl_s: int = 3600) -> None:

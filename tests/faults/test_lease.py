@@ -22,6 +22,8 @@ from api.config import Settings
 from api.layout import new_job_id
 from api.store import ClaimOutcome, JobStatus, JobStore, Keys, Renewal, RunState, WorkerStore
 from worker.celery_app import create_celery_app
+from stack.process import free_port
+from worker.lease import LeaseKeeper, LeaseLost
 from worker.recovery import ReapReport, reap, worker_sender
 
 DB = 7
@@ -175,3 +177,42 @@ def test_a_handed_back_job_is_not_an_attempt_and_a_lost_message_is_resent(env: d
     assert env["messages"]() == [([job_id], [None, None])]
     assert store.client.zscore(env["keys"].leases, job_id) is None
     assert store.claim(job_id, worker="w2@host:2", max_attempts=3, lease_s=30).attempt == 1
+
+
+def test_the_reaper_waits_a_margin_past_the_lease_before_it_requeues(env: dict[str, Any]) -> None:
+    store: WorkerStore = env["store"]
+    job_id = env["create"]()
+    store.claim(job_id, worker="w@host:1", max_attempts=3, lease_s=SHORT_LEASE_S)
+    _lapse()
+    # Lapsed, but not by the margin: its holder may still be inside its last iteration.
+    assert reap(store, env["send"], max_attempts=3, dispatch_grace_s=30, margin_s=LIVE_S) == ReapReport([], [], [])
+    assert store.reap(job_id, max_attempts=3, dispatch_id="d", dispatch_grace_s=30, margin_s=LIVE_S).value == "live"
+    assert store.get(job_id).status is JobStatus.running
+    assert reap(store, env["send"], max_attempts=3, dispatch_grace_s=30, margin_s=0).requeued == [job_id]
+
+
+def test_a_holder_that_could_not_renew_for_a_whole_lease_is_fenced_for_good(env: dict[str, Any],
+                                                                             caplog: pytest.LogCaptureFixture) -> None:
+    store: WorkerStore = env["store"]
+    job_id = env["create"]()
+    claim = store.claim(job_id, worker="w@host:1", max_attempts=3, lease_s=LIVE_S)
+    now = [100.0]
+    keeper = LeaseKeeper(store, job_id, claim.token, lease_s=10, held_since=now[0], clock=lambda: now[0])
+    now[0] = 108.0
+    assert keeper.confirm()  # renewed at 108: the fence now falls at 118
+    now[0] = 117.5
+    keeper.check()
+    assert not keeper.stale
+    # Redis silent from here on (the renewals fail): a whole lease after the last renewal was sent...
+    keeper._store = WorkerStore.from_url(f"redis://127.0.0.1:{free_port()}/0", retention_s=3600)
+    assert keeper.confirm()  # a failed renewal alone is not a loss: the lease may still hold
+    now[0] = 118.5
+    assert keeper.stale and keeper.lost
+    with pytest.raises(LeaseLost, match="not renewed for 10.5 s"):
+        keeper.check()
+    assert "writing nothing more" in caplog.text
+    # ...and Redis answering again does not reopen the fence: another worker may hold the job by now.
+    keeper._store = store
+    assert not keeper.confirm()
+    with pytest.raises(LeaseLost):
+        keeper.check()
