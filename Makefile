@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV := .venv
 STAMP := $(VENV)/.installed
 
-.PHONY: venv serve test bench bench-check clean
+.PHONY: venv browser serve test bench bench-check clean
 
 venv: $(STAMP)
 
@@ -18,7 +18,15 @@ $(STAMP): pyproject.toml
 serve: venv
 	$(VENV)/bin/dip serve
 
-test: venv
+# The web page's tests drive Debian's chromium through its chromedriver (tests/browser):
+# installed with apt when missing, never downloaded by the tests.
+browser:
+	@if [ ! -x /usr/bin/chromium ] || [ ! -x /usr/bin/chromedriver ]; then \
+		SUDO=$$( [ "$$(id -u)" -eq 0 ] || echo sudo ); \
+		$$SUDO apt-get update && $$SUDO apt-get install -y --no-install-recommends chromium chromium-driver; \
+	fi
+
+test: venv browser
 	$(VENV)/bin/python -m pytest -q
 
 # The real-size quality guard (one 256 px default run against NL-means): minutes, so apart.

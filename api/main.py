@@ -15,6 +15,7 @@ from api.errors import install_error_handlers
 from api.queue import JobQueue
 from api.request_guard import RequestGuard
 from api.routes import events, health, jobs, results
+from api.routes.page import install_page
 from api.store import JobStore, check_eviction_policy
 
 log = logging.getLogger(__name__)
@@ -50,6 +51,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.add_middleware(RequestGuard, allowed_hosts=settings.allowed_hosts)
     for module in (jobs, results, events, health):
         app.include_router(module.router)
+    install_page(app)
     document_access(app, settings)
     return app
 
