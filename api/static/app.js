@@ -380,6 +380,7 @@ async function openJob(id) {
   $("result-figure").hidden = true;
   $("slider-row").hidden = true;
   $("job-snapshot").removeAttribute("src");
+  $("job-connection").hidden = true;
   $("snapshot-caption").textContent = "No snapshot yet";
   let job;
   try {
@@ -448,7 +449,7 @@ function setMetrics(metrics) {
   drawCurves();
 }
 
-async function loadHistory() {
+async function loadHistory({ quiet = false } = {}) {
   const id = current.id;
   try {
     const points = await apiJson(`/v1/jobs/${encodeURIComponent(id)}/history`);
@@ -456,7 +457,9 @@ async function loadHistory() {
     current.history = points;
     drawCurves();
   } catch (err) {
-    if (!(err instanceof ApiFailure && err.status === 404)) showError(err);
+    // While the stream reconnects, a lost refresh is made up by the next one.
+    const passing = err instanceof ApiFailure && (err.status === 0 || err.status >= 500);
+    if (!(err instanceof ApiFailure && err.status === 404) && !(quiet && passing)) showError(err);
   }
 }
 
@@ -464,16 +467,43 @@ async function loadHistory() {
 function historySoon() {
   if (current.historyTimer) return;
   current.historyTimer = setTimeout(async () => {
-    await loadHistory();
+    await loadHistory({ quiet: true });
     current.historyTimer = null;
   }, 500);
 }
 
 // ---- snapshots ----------------------------------------------------------------------------------
 
+// Snapshots already written: listed in the job (outputs.snapshots), or, where the job gives only
+// a count, paged from GET /v1/jobs/{id}/snapshots. The event stream adds the ones to come.
 async function loadSnapshots(job) {
-  const urls = job.outputs && Array.isArray(job.outputs.snapshots) ? job.outputs.snapshots : [];
-  for (const url of urls) addSnapshot({ url, name: url.split("/").pop() });
+  const outputs = job.outputs || {};
+  if (Array.isArray(outputs.snapshots)) {
+    for (const item of outputs.snapshots) addSnapshot(snapshotOf(item));
+    return;
+  }
+  if (!outputs.snapshot_count && !outputs.latest_snapshot) return;
+  const base = (job.links && job.links.snapshots) || `/v1/jobs/${encodeURIComponent(job.id)}/snapshots`;
+  let cursor = null;
+  try {
+    for (let page = 0; page < 100; page++) {
+      const url = new URL(base, location.href);
+      url.searchParams.set("limit", "100");
+      if (cursor) url.searchParams.set("cursor", cursor);
+      const body = await apiJson(url.pathname + url.search);
+      if (current.id !== job.id) return;
+      const items = Array.isArray(body) ? body : body.items || [];
+      for (const item of items) addSnapshot(snapshotOf(item));
+      cursor = Array.isArray(body) ? null : body.next_cursor;
+      if (!cursor || !items.length) break;
+    }
+  } catch (err) {
+    if (outputs.latest_snapshot) addSnapshot(snapshotOf(outputs.latest_snapshot));
+  }
+}
+
+function snapshotOf(item) {
+  return typeof item === "string" ? { url: item, name: item.split("/").pop() } : item;
 }
 
 function addSnapshot(snapshot) {
@@ -552,6 +582,7 @@ function followEvents(id) {
       throw failure;
     }
     retry = 1000;
+    $("job-connection").hidden = true;
     const reader = response.body.getReader();
     const decoder = new TextDecoder();
     let buffer = "";
@@ -593,6 +624,7 @@ function followEvents(id) {
         }
       }
       if (done || controller.signal.aborted) return;
+      $("job-connection").hidden = false;
       await new Promise((resolve) => setTimeout(resolve, retry));
       retry = Math.min(retry * 2, 15000);
     }

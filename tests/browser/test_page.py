@@ -246,6 +246,11 @@ def test_fits_360_px_wide(driver: Any, stack: Cluster, images: dict[str, Path], 
         open_page(driver, stack, f"#job={job}")
         wait_status(driver, "succeeded")
         wait(driver, lambda d: image_rendered(d, "job-result"), "the result image rendered", 30)
+        outputs = stack.http.get(f"/v1/jobs/{job}").json()["outputs"]
+        count = outputs.get("snapshot_count", len(outputs.get("snapshots") or []))
+        assert count >= 2
+        wait(driver, lambda d: int(d.find_element(By.ID, "snapshot-slider").get_attribute("max")) == count - 1,
+             f"the slider over all {count} snapshots", 10)
         driver.find_element(By.ID, "image-input").send_keys(str(images["small"]))
         Select(driver.find_element(By.ID, "task")).select_by_value("inpaint")
         wait(driver, lambda d: image_rendered(d, "image-preview"), "the chosen image previewed", 10)
@@ -284,3 +289,36 @@ def test_asks_for_a_key_and_keeps_it_for_the_tab(driver: Any, keyed_api: Cluster
     unauthenticated = httpx.get(f"{keyed_api.http.base_url}/v1/jobs/{job}")
     assert unauthenticated.status_code == 401
     shot("done")
+
+
+def test_event_stream_resumes_after_the_api_restarts(driver: Any, stack: Cluster, images: dict[str, Path],
+                                                     shot: Callable[[str], Path]) -> None:
+    """The page reads the stream with fetch(): when it drops, it reconnects with Last-Event-ID
+    and goes on from there, instead of replaying the job from its start."""
+    api = Cluster(stack.root, stack.redis_server)
+    try:
+        first = api.start_api()
+        open_page(driver, api)
+        driver.execute_script(WATCH)
+        driver.find_element(By.ID, "image-input").send_keys(str(images["small"]))
+        fill(driver, "iterations", "20000")
+        Select(driver.find_element(By.ID, "early_stop")).select_by_value("off")
+        driver.find_element(By.ID, "submit-button").click()
+        job = job_id(driver)
+        wait(driver, lambda d: int(d.find_element(By.ID, "job-progress").get_attribute("data-iteration") or 0) >= 50,
+             "the job running past iteration 50")
+        first.stop()
+        api.procs.remove(first)
+        seen = len(driver.execute_script("return window.__progress"))
+        wait(driver, lambda d: d.find_element(By.ID, "job-connection").is_displayed(), "the lost connection shown", 30)
+        api.start_api()
+        wait(driver, lambda d: len(d.execute_script("return window.__progress")) > seen + 3,
+             "progress again after the API restarted")
+        progress = [int(v) for v in driver.execute_script("return window.__progress") if v]
+        assert progress == sorted(progress), f"the stream was replayed from the start: {progress}"
+        assert not driver.find_element(By.ID, "job-connection").is_displayed()
+        shot("resumed")
+        assert api.http.post(f"/v1/jobs/{job}/cancel").status_code in (200, 202)
+        wait_status(driver, "canceled", timeout_s=60)
+    finally:
+        api.close()
