@@ -147,9 +147,26 @@ def test_paint_a_mask_and_inpaint(driver: Any, stack: Cluster, images: dict[str,
     driver.execute_script("const b = document.getElementById('brush-size'); b.value = 12;"
                           "b.dispatchEvent(new Event('input'))")
     size = canvas.size
+    painted = ("const c = document.getElementById('mask-canvas');"
+               "return c.getContext('2d').getImageData(0, 0, c.width, c.height).data.filter((v, i) => i % 4 == 3 && v)"
+               ".length")
+
+    def paint() -> None:
+        (ActionChains(driver).move_to_element_with_offset(canvas, -size["width"] // 4, -size["height"] // 4)
+         .click_and_hold().move_by_offset(size["width"] // 2, 0).move_by_offset(0, size["height"] // 3)
+         .release().perform())
+
+    paint()
+    assert driver.execute_script(painted) > 0
+    driver.find_element(By.ID, "mask-clear").click()
+    assert driver.execute_script(painted) == 0
+    paint()
+    before = driver.execute_script(painted)
+    driver.find_element(By.ID, "eraser").click()
     (ActionChains(driver).move_to_element_with_offset(canvas, -size["width"] // 4, -size["height"] // 4)
-     .click_and_hold().move_by_offset(size["width"] // 2, 0).move_by_offset(0, size["height"] // 3)
-     .release().perform())
+     .click_and_hold().move_by_offset(size["width"] // 8, 0).release().perform())
+    driver.find_element(By.ID, "eraser").click()
+    assert 0 < driver.execute_script(painted) < before
     fill(driver, "iterations", "60")
     shot("painted")
     driver.find_element(By.ID, "submit-button").click()
