@@ -35,8 +35,9 @@ new MutationObserver(() => window.__points.push(Number(document.getElementById('
 
 
 def open_page(driver: Any, api: Cluster, fragment: str = "") -> None:
-    driver.get(f"{api.http.base_url}/{fragment}")
+    driver.get(f"{api.http.base_url}/")
     driver.execute_script("sessionStorage.clear()")
+    driver.get("about:blank")  # a new document: another fragment alone would keep the old page
     driver.get(f"{api.http.base_url}/{fragment}")
     WebDriverWait(driver, 10).until(lambda d: d.execute_script("return document.readyState") == "complete")
 
