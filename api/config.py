@@ -56,6 +56,10 @@ class Settings(BaseSettings):
                                                     "more submissions get 429.")
     max_queued_per_client: int = Field(100, ge=1, description="Jobs waiting for a worker per API key; "
                                                               "more submissions get 429.")
+    max_streams_per_caller: int = Field(
+        8, ge=1, description="Event streams (GET /v1/jobs/{id}/events) open at once per API key, or per "
+                             "client address when no keys are configured, across every API process; "
+                             "more get 429 too_many_streams.")
     max_job_seconds: int | None = Field(
         None, ge=1, description="Wall-time limit of one run of a job; unset: soft_time_limit_s, "
                                 "the most it may be.")

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import re
 import secrets
+from collections.abc import Iterable
 from pathlib import Path
 
 JOB_ID = re.compile(r"[A-Za-z0-9_-]{22}")
@@ -57,4 +58,10 @@ def snapshot_file_name(path: Path) -> str:
 
 
 def snapshot_order(name: str) -> int:
+    """The iteration of snapshot ``name``: ``snapshot_00050.png`` -> 50."""
     return int(name.removeprefix("snapshot_").removesuffix(".png") or 0)
+
+
+def snapshot_names(names: Iterable[str]) -> list[str]:
+    """The snapshot file names among ``names`` (a job's public file names), oldest first."""
+    return sorted((name for name in names if name.startswith("snapshot_")), key=snapshot_order)

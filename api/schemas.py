@@ -7,14 +7,14 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 
-from api.layout import snapshot_order
+from api.layout import snapshot_names, snapshot_order
 from api.store import JobRecord, JobStatus
 from dip_engine.problems import PROBLEMS
 from dip_engine.spec import SCALES, EarlyStopMode, PresetName, RestoreSpec, TaskName
 
 __all__ = [
     "ErrorBody", "ErrorInfo", "HistoryPoint", "JobError", "JobCreate", "JobInputs", "JobLinks", "JobList",
-    "JobOutputs", "JobPublic", "JobStatus", "Metrics", "Progress",
+    "JobOutputs", "JobPublic", "JobStatus", "Metrics", "Progress", "Snapshot", "SnapshotPage",
 ]
 
 _MAX_SEED = 2**32 - 1
@@ -148,13 +148,16 @@ class JobOutputs(BaseModel):
                                  "for comparison.")
     curves: str | None = Field(None, description="Loss/PSNR curves (PNG).")
     metrics: str | None = Field(None, description="metrics.json written by the engine.")
-    snapshots: list[str] = Field(default_factory=list, description="Snapshot PNGs, oldest first.")
+    # Only the count and the latest: a job may have hundreds, listed by `links.snapshots` a page at a time.
+    snapshot_count: int = Field(0, description="Snapshot PNGs the job has now (list them at `links.snapshots`).")
+    latest_snapshot: str | None = Field(None, description="The newest snapshot PNG.")
 
 
 class JobLinks(BaseModel):
     self: str
     history: str
     events: str
+    snapshots: str
     cancel: str
 
 
@@ -182,6 +185,7 @@ class JobPublic(BaseModel):
     def from_record(cls, record: JobRecord, *, job_url: str) -> JobPublic:
         """Present ``record``; ``job_url`` is the job's own absolute URL."""
         files = {name: f"{job_url}/files/{name}" for name in record.files}
+        snapshots = snapshot_names(files)
 
         def first(prefix: str) -> str | None:
             return next((url for name, url in files.items() if name.startswith(prefix)), None)
@@ -209,18 +213,37 @@ class JobPublic(BaseModel):
                              reference=first("reference.")),
             outputs=JobOutputs(result=first("result."), best=first("best."), last=first("last."),
                                degraded=first("degraded."), curves=first("curves."), metrics=first("metrics."),
-                               snapshots=[files[name] for name in sorted(
-                                   (n for n in files if n.startswith("snapshot_")), key=snapshot_order)]),
+                               snapshot_count=len(snapshots),
+                               latest_snapshot=files[snapshots[-1]] if snapshots else None),
             error=JobError(code=record.error_code, message=record.error_message or "")
             if record.error_code else None,
             links=JobLinks(self=job_url, history=f"{job_url}/history", events=f"{job_url}/events",
-                           cancel=f"{job_url}/cancel"),
+                           snapshots=f"{job_url}/snapshots", cancel=f"{job_url}/cancel"),
         )
 
 
 class JobList(BaseModel):
     items: list[JobPublic]
     next_cursor: str | None = Field(None, description="Pass as `cursor` for the next (older) page.")
+
+
+class Snapshot(BaseModel):
+    """One snapshot PNG: the output at an iteration (also the data of a `snapshot` event)."""
+
+    iteration: int
+    name: str = Field(description="Its file name, as served under the job's `/files/`.")
+    url: str
+
+    @classmethod
+    def of(cls, name: str, *, files_url: str) -> Snapshot:
+        """The snapshot file ``name`` (``snapshot_00050.png``); ``files_url`` is the job's ``.../files``."""
+        return cls(iteration=snapshot_order(name), name=name, url=f"{files_url}/{name}")
+
+
+class SnapshotPage(BaseModel):
+    items: list[Snapshot] = Field(description="Oldest first.")
+    total: int = Field(description="Snapshots the job has now, on every page.")
+    next_cursor: str | None = Field(None, description="Pass as `cursor` for the next (newer) page.")
 
 
 class HistoryPoint(BaseModel):

@@ -4,6 +4,9 @@
     python benchmarks/load.py --start --duration 30     # starts its own `dip serve` in a temp dir
     DIP_LOAD_KEY=<api key> python benchmarks/load.py    # a server that needs a key
 
+Every client uses one key, so a server of your own needs DIP_MAX_STREAMS_PER_CALLER
+of at least the number of streaming clients (``--start`` sets it).
+
 First ``--jobs`` small jobs are submitted (32 px images, 20 iterations each:
 more work than a CPU worker gets through in a minute, so the workers stay
 busy for the whole run). Then
@@ -213,13 +216,15 @@ async def run_load(args: argparse.Namespace, url: str, key: str | None) -> tuple
 
 
 @contextmanager
-def started_server(*, key: str, workers: int) -> Iterator[str]:
-    """``dip serve`` in a temporary directory (embedded Redis, ``workers`` worker processes), with ``key``."""
+def started_server(*, key: str, workers: int, streams: int) -> Iterator[str]:
+    """``dip serve`` in a temporary directory (embedded Redis, ``workers`` worker processes), with ``key``,
+    which may hold ``streams`` event streams open at once."""
     workdir = Path(tempfile.mkdtemp(prefix="dip-load-"))
     port = free_port()
     env = {**os.environ, "PYTHONPATH": str(REPO_ROOT), "DIP_VAR_DIR": str(workdir / "var"),
            "DIP_RESULTS_DIR": str(workdir / "var" / "results"), "DIP_API_KEYS": key,
-           "DIP_WORKER_CONCURRENCY": str(workers), "DIP_DEVICE": "cpu"}
+           "DIP_WORKER_CONCURRENCY": str(workers), "DIP_DEVICE": "cpu",
+           "DIP_MAX_STREAMS_PER_CALLER": str(max(1, streams))}
     env.pop("DIP_REDIS_URL", None)
     log = (workdir / "serve.log").open("wb")
     process = subprocess.Popen([sys.executable, "-m", "stack.cli", "serve", "--host", "127.0.0.1",
@@ -313,7 +318,7 @@ def main(argv: list[str] | None = None) -> int:
 
     if args.start:
         key = secrets.token_urlsafe(24)
-        with started_server(key=key, workers=args.workers) as url:
+        with started_server(key=key, workers=args.workers, streams=_streamers(args)) as url:
             print(f"started dip serve at {url} ({args.workers} worker(s)); {os.cpu_count()} CPUs", flush=True)
             tally, statuses, elapsed = asyncio.run(run_load(args, url, key))
     else:

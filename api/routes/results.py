@@ -1,4 +1,4 @@
-"""What a job produced: its logged history and its files."""
+"""What a job produced: its logged history, its snapshots and its files."""
 
 from __future__ import annotations
 
@@ -6,13 +6,14 @@ import csv
 import io
 from typing import Annotated, Literal
 
-from fastapi import APIRouter, Header, Query, Response
+from fastapi import APIRouter, Header, Query, Request, Response
 from fastapi.responses import FileResponse
 
 from api.deps import AUTH_RESPONSES, JobDep, SettingsDep, StoreDep
 from api.errors import ApiError
-from api.layout import FILE_NAME, job_dir
-from api.schemas import ErrorBody, HistoryPoint
+from api.layout import FILE_NAME, job_dir, snapshot_names, snapshot_order
+from api.schemas import ErrorBody, HistoryPoint, Snapshot, SnapshotPage
+from api.views import job_url
 
 router = APIRouter(prefix="/v1/jobs", tags=["results"], responses=AUTH_RESPONSES)
 
@@ -41,6 +42,27 @@ async def get_history(
     writer.writerows(point.model_dump() for point in points)
     return Response(buffer.getvalue(), media_type="text/csv",
                     headers={"Content-Disposition": f'attachment; filename="{job.id}-history.csv"'})
+
+
+@router.get("/{job_id}/snapshots", summary="List a job's snapshots, oldest first", responses=_NOT_FOUND)
+async def list_snapshots(
+    request: Request,
+    job: JobDep,
+    limit: Annotated[int, Query(ge=1, le=100, description="Page size.")] = 20,
+    cursor: Annotated[str | None, Query(pattern=r"^[0-9]{1,9}$", description=(
+        "`next_cursor` of the previous page: the iteration of the last snapshot seen, so a "
+        "client following a running job may pass its last item's `iteration` to get only newer ones."))] = None,
+) -> SnapshotPage:
+    """The snapshot PNGs written so far (every `snapshot_every` iterations, evenly thinned past
+    DIP_MAX_SNAPSHOTS), each with its iteration and its URL under `/files/`. Pages are counted
+    from the oldest, so snapshots added while the job runs never shift them."""
+    names = snapshot_names(job.files)
+    after = -1 if cursor is None else int(cursor)
+    newer = [name for name in names if snapshot_order(name) > after]
+    files_url = f"{job_url(request, job.id)}/files"
+    items = [Snapshot.of(name, files_url=files_url) for name in newer[:limit]]
+    return SnapshotPage(items=items, total=len(names),
+                        next_cursor=str(items[-1].iteration) if len(newer) > limit else None)
 
 
 @router.get(

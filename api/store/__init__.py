@@ -8,9 +8,11 @@ from .base import check_eviction_policy
 from .jobs import InvalidCursor, JobStore, StoreStats
 from .keys import Keys
 from .records import EventType, JobEvent, JobRecord, JobStatus
+from .streams import StreamLeases
 from .worker import Claim, ClaimOutcome, ReapOutcome, Renewal, RunState, WorkerStore
 
 __all__ = [
     "Claim", "ClaimOutcome", "EventType", "InvalidCursor", "JobEvent", "JobRecord", "JobStatus",
-    "JobStore", "Keys", "ReapOutcome", "Renewal", "RunState", "StoreStats", "WorkerStore", "check_eviction_policy",
+    "JobStore", "Keys", "ReapOutcome", "Renewal", "RunState", "StoreStats", "StreamLeases", "WorkerStore",
+    "check_eviction_policy",
 ]

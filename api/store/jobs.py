@@ -13,6 +13,7 @@ import redis.asyncio as aioredis
 
 from .base import DURATION_BUCKETS, StoreBase, to_json
 from .records import EventType, JobEvent, JobRecord, JobStatus, encode_fields
+from .streams import StreamLeases
 
 
 # Longer than any blocking read of the event streams (see read_events).
@@ -76,11 +77,15 @@ class JobStore(StoreBase):
         client: For every command but blocking stream reads.
         stream_client: For blocking reads of event streams (default ``client``).
         options: As :class:`StoreBase`.
+
+    Attributes:
+        streams: Leases of the open event streams, which cap them per caller.
     """
 
     def __init__(self, client: Any, *, stream_client: Any = None, **options: Any) -> None:
         super().__init__(client, **options)
         self._stream_client = stream_client or client
+        self.streams = StreamLeases(client, self.keys)
 
     @classmethod
     def from_url(cls, url: str, **options: Any) -> JobStore:

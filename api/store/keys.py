@@ -13,8 +13,9 @@ were queued when last counted), ``<p>:workers`` (sorted set of worker names
 scored by their last heartbeat), ``<p>:stats:durations`` (hash of job
 duration histogram counters), ``<p>:leases`` (sorted set of running jobs
 scored by the expiry of their lease, and of queued jobs whose message is not
-yet known sent, scored by the end of its grace) and ``<p>:draining:<worker>`` (flag of
-a worker that is shutting down).
+yet known sent, scored by the end of its grace), ``<p>:draining:<worker>`` (flag of
+a worker that is shutting down) and ``<p>:streams:<caller>`` (sorted set: the leases of
+a caller's open event streams, scored by their expiry; the key expires with the last one).
 """
 
 from __future__ import annotations
@@ -86,6 +87,10 @@ class Keys:
     def draining(self, worker: str) -> str:
         """Flag set while ``worker`` (``<node name>:<main pid>``) shuts down: its jobs hand themselves back."""
         return f"{self.prefix}:draining:{worker}"
+
+    def streams(self, caller: str) -> str:
+        """Leases of the event streams ``caller`` (``key:<fingerprint>`` or ``addr:<address>``) has open."""
+        return f"{self.prefix}:streams:{caller}"
 
     def job_script_keys(self, job_id: str, *extra: str) -> list[str]:
         """KEYS for a job script: the job's four keys, the status indexes, then ``extra``."""

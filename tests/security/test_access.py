@@ -14,8 +14,8 @@ from typing import Any
 import pytest
 
 ACCESS_DB = 6
-JOB_ROUTES = [("GET", ""), ("GET", "/history"), ("GET", "/events"), ("GET", "/files/input.png"),
-              ("POST", "/cancel"), ("DELETE", "")]
+JOB_ROUTES = [("GET", ""), ("GET", "/history"), ("GET", "/events"), ("GET", "/snapshots"),
+              ("GET", "/files/input.png"), ("POST", "/cancel"), ("DELETE", "")]
 
 
 @pytest.fixture(scope="module")
@@ -74,6 +74,17 @@ def test_another_keys_job_is_404_like_a_missing_one(api: Any, alice_job: dict[st
     job = alice.get(f"/v1/jobs/{alice_job['id']}").json()
     assert job["status"] == "queued" and not job["cancel_requested"]  # Bob's cancel and delete did nothing
     assert alice.get(job["inputs"]["image"]).content.startswith(b"\x89PNG")
+
+
+def test_a_jobs_snapshots_are_listed_to_its_owner_and_admins_only(api: Any, alice_job: dict[str, Any],
+                                                                  error_of: Any) -> None:
+    url = f"/v1/jobs/{alice_job['id']}/snapshots"
+    for who in ("alice", "admin"):
+        response = api.client(who).get(url)
+        assert response.status_code == 200, response.text
+        assert response.json() == {"items": [], "total": 0, "next_cursor": None}  # queued: none yet
+    assert "no job" in error_of(api.client("bob").get(url), 404, "not_found")
+    error_of(api.client().get(url), 401, "unauthorized")
 
 
 def test_listing_shows_only_your_own_jobs_and_admin_sees_all(api: Any, image64: bytes) -> None:

@@ -163,8 +163,8 @@ def test_the_listed_file_is_served(api: Any, job: dict[str, Any]) -> None:
 @pytest.mark.parametrize("job_id", [b"%00" * 22, b"%C3%A9" * 11, b"A" * 10_000, b"..%2F..%2Fetc", b"%2e%2e",
                                     b"AAAAAAAAAAAAAAAAAAAA%0A", b"AAAAAAAAAAAAAAAAAAAAA=", b"*"])
 def test_malformed_job_ids_are_404_on_every_route(api: Any, job_id: bytes, error_of: Any) -> None:
-    for method, path in (("GET", b""), ("GET", b"/history"), ("GET", b"/events"), ("POST", b"/cancel"),
-                         ("DELETE", b""), ("GET", b"/files/input.png")):
+    for method, path in (("GET", b""), ("GET", b"/history"), ("GET", b"/events"), ("GET", b"/snapshots"),
+                         ("POST", b"/cancel"), ("DELETE", b""), ("GET", b"/files/input.png")):
         error_of(api.raw(_request(api, method, b"/v1/jobs/" + job_id + path)), 404, "not_found")
 
 

@@ -21,7 +21,8 @@ READERS = 100
 
 @pytest.fixture(scope="module")
 def api(start_api: Any, key_settings: dict[str, str]) -> Iterator[Any]:
-    with start_api(FOLLOWERS_DB, **key_settings) as api:
+    # Every follower is Alice: her cap on open streams must not be what the test meets.
+    with start_api(FOLLOWERS_DB, max_streams_per_caller=str(FOLLOWERS), **key_settings) as api:
         yield api
 
 

@@ -131,8 +131,8 @@ def test_routing_errors_use_the_error_shape(service: Any) -> None:
 
 @pytest.mark.parametrize("job_id", ["A" * 22, "nope", "A" * 23, "%2E%2E", "a;b" * 8])
 def test_unknown_or_malformed_job_id_is_404(service: Any, job_id: str) -> None:
-    for method, path in (("GET", ""), ("GET", "/history"), ("GET", "/events"), ("POST", "/cancel"),
-                         ("DELETE", ""), ("GET", "/files/result.png")):
+    for method, path in (("GET", ""), ("GET", "/history"), ("GET", "/events"), ("GET", "/snapshots"),
+                         ("POST", "/cancel"), ("DELETE", ""), ("GET", "/files/result.png")):
         message = _error(service.http.request(method, f"/v1/jobs/{job_id}{path}"), 404, "not_found")
         assert "no job" in message
 
@@ -201,6 +201,46 @@ def test_file_names_outside_the_job_listing_are_404(service: Any, finished_job: 
     assert response.status_code == 404
     if response.headers["content-type"].startswith("application/json"):
         assert response.json()["error"]["code"] == "not_found"
+
+
+def test_snapshots_are_listed_a_page_at_a_time_oldest_first(service: Any, image64: bytes, pictures: Any) -> None:
+    submitted = service.submit_ok({"image": image64}, task="denoise", iterations=35, log_every=5, snapshot_every=5)
+    job = service.wait_finished(submitted["id"])
+    assert job["status"] == "succeeded", job["error"]
+    # The job carries the count and the latest; the list has a route of its own.
+    assert "snapshots" not in job["outputs"]
+    assert job["outputs"]["snapshot_count"] == 7
+    assert job["outputs"]["latest_snapshot"] == f"{job['links']['self']}/files/snapshot_00035.png"
+    assert job["links"]["snapshots"] == f"{job['links']['self']}/snapshots"
+
+    pages, cursor = [], None
+    while True:
+        response = service.http.get(job["links"]["snapshots"], params={"limit": 3, **({"cursor": cursor} if cursor else {})})
+        assert response.status_code == 200, response.text
+        body = response.json()
+        assert body["total"] == 7 and len(body["items"]) <= 3
+        pages.append(body["items"])
+        cursor = body["next_cursor"]
+        if cursor is None:
+            break
+    assert [len(page) for page in pages] == [3, 3, 1]
+    items = [item for page in pages for item in page]
+    assert [item["iteration"] for item in items] == [5, 10, 15, 20, 25, 30, 35]
+    assert [item["name"] for item in items] == [f"snapshot_{i:05d}.png" for i in range(5, 36, 5)]
+    assert items[-1]["url"] == job["outputs"]["latest_snapshot"]
+    assert pictures.size(service.fetch(items[0]["url"]).content) == (64, 64)  # the files route serves each
+    whole = service.http.get(job["links"]["snapshots"], params={"limit": 100}).json()
+    assert whole["items"] == items and whole["next_cursor"] is None
+
+    for params in ({"limit": 0}, {"limit": 101}, {"cursor": "abc"}, {"cursor": "-1"}, {"cursor": "1" * 40}):
+        _error(service.http.get(job["links"]["snapshots"], params=params), 422, "invalid_parameter")
+
+
+def test_a_job_without_snapshots_lists_none(service: Any, finished_job: dict[str, Any], image64: bytes) -> None:
+    submitted = service.submit_ok({"image": image64}, task="denoise", iterations=10, log_every=5, snapshot_every=1000)
+    job = service.wait_finished(submitted["id"])
+    assert job["outputs"]["snapshot_count"] == 0 and job["outputs"]["latest_snapshot"] is None
+    assert service.fetch(job["links"]["snapshots"]).json() == {"items": [], "total": 0, "next_cursor": None}
 
 
 def test_history_as_json_and_csv(service: Any, finished_job: dict[str, Any]) -> None:

@@ -55,9 +55,10 @@ def test_denoise_with_synthetic_noise_records_psnr(service: Any, image64: bytes,
     _check_run(service, job, seen, size=(64, 64), iterations=40, log_every=5, pictures=pictures)
     assert job["metrics"]["psnr"] > 10 and job["metrics"]["psnr_best"] >= job["metrics"]["psnr"] - 1e-6
     assert all(p["psnr"] is not None for p in service.fetch(job["links"]["history"]).json())
-    assert [u.rsplit("/", 1)[1] for u in job["outputs"]["snapshots"]] == ["snapshot_00020.png",
-                                                                           "snapshot_00040.png"]
-    assert pictures.size(service.fetch(job["outputs"]["snapshots"][0]).content) == (64, 64)
+    snapshots = service.fetch(job["links"]["snapshots"]).json()["items"]
+    assert [s["name"] for s in snapshots] == ["snapshot_00020.png", "snapshot_00040.png"]
+    assert job["outputs"]["snapshot_count"] == 2 and job["outputs"]["latest_snapshot"] == snapshots[-1]["url"]
+    assert pictures.size(service.fetch(snapshots[0]["url"]).content) == (64, 64)
     assert service.fetch(job["inputs"]["image"]).content == image64
 
 
