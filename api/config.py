@@ -79,6 +79,11 @@ class Settings(BaseSettings):
                            "whole lease stops the job, writing nothing more. Also the grace a "
                            "queued job's message has to be confirmed sent (by the API on submission, by "
                            "a worker on re-queueing) before a worker's reaper sends it again.")
+    redispatch_s: float = Field(900.0, ge=0, description="A queued job's message is sent again this long "
+                                "after the last one, then after twice as long, and so on, until a worker "
+                                "claims the job: a broker can lose a message it delivers while Redis is full "
+                                "or failing over. Extra messages are dropped by the worker that gets them "
+                                "(0: never).")
     redis_retry_s: float = Field(120.0, gt=0, description="How long a worker retries a job's final "
                                  "write while Redis is unreachable.")
 

@@ -31,7 +31,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             raise RuntimeError("DIP_REDIS_URL is not set: the API needs the Redis that the workers use "
                                "(`dip serve` starts one and sets it)")
         settings.results_dir.mkdir(parents=True, exist_ok=True)
-        app.state.store = JobStore.from_url(settings.redis_url, retention_s=settings.retention_s)
+        app.state.store = JobStore.from_url(settings.redis_url, retention_s=settings.retention_s,
+                                             redispatch_s=settings.redispatch_s)
         await _check_eviction(app.state.store, settings)
         app.state.queue = JobQueue.from_settings(settings)
         try:

@@ -121,7 +121,8 @@ class Maintenance(bootsteps.StartStopStep):
 
     def start(self, worker: Any) -> None:
         settings = self._settings = worker.app.conf.dip_settings
-        self._store = WorkerStore.from_url(settings.redis_url, retention_s=settings.retention_s)
+        self._store = WorkerStore.from_url(settings.redis_url, retention_s=settings.retention_s,
+                                           redispatch_s=settings.redispatch_s)
         self._check_eviction(settings)
         self._name = worker.hostname
         self._results_dir = settings.results_dir
@@ -178,7 +179,8 @@ class Maintenance(bootsteps.StartStopStep):
         for job_id in report.requeued:
             log.warning("job %s: its worker stopped renewing the lease; re-queued", job_id)
         for job_id in report.resent:
-            log.warning("job %s: queued without a confirmed message; sent again", job_id)
+            log.warning("job %s: queued without a confirmed message, or waiting long after its last one; "
+                        "sent again", job_id)
         for job_id in report.failed:
             log.warning("job %s: its worker died on the last allowed attempt; failed", job_id)
 

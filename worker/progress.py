@@ -13,8 +13,9 @@ always. Every iteration it may also look at the job's flags, at most every
   :class:`LeaseLost` at once, so the run writes no more files, no outputs and no
   final status. Each hook checks it last, since the engine writes right after.
 
-While Redis is unreachable the run goes on: progress is skipped, history points
-and snapshots wait and are written in order once Redis answers again.
+While Redis is unreachable, or refuses writes for now (full, read-only after a
+failover), the run goes on: progress is skipped, history points and snapshots
+wait and are written in order once Redis answers again.
 """
 
 from __future__ import annotations
@@ -27,13 +28,15 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
+import redis.exceptions
+
 from api.layout import snapshot_file_name, snapshot_order
 from api.schemas import Metrics, Progress
 from api.store import RunState, WorkerStore
 from dip_engine.callbacks import Callback, FitState
 from dip_engine.history import LogRecord
 from worker.lease import LeaseKeeper, LeaseLost
-from worker.outage import UNREACHABLE
+from worker.outage import refused_for_now
 
 log = logging.getLogger(__name__)
 
@@ -221,10 +224,12 @@ class JobReporter(Callback):
             return None
         try:
             result = call()
-        except UNREACHABLE as exc:
+        except redis.exceptions.RedisError as exc:
+            if not refused_for_now(exc):
+                raise
             if not self._redis_away:
-                log.warning("job %s: Redis unreachable (%s); running on, progress is written once it is back",
-                            self._job_id, exc)
+                log.warning("job %s: Redis unreachable or refusing writes (%s); running on, progress is "
+                            "written once it is back", self._job_id, exc)
             self._redis_away = True
             self._outage.reset()
             return None

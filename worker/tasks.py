@@ -47,6 +47,7 @@ class JobTask(Task):
             # A call stuck on a silent Redis must not outlast the lease's margin: the
             # fence (worker.lease) is checked between calls.
             self._store = WorkerStore.from_url(self.settings.redis_url, retention_s=self.settings.retention_s,
+                                               redispatch_s=self.settings.redispatch_s,
                                                socket_timeout_s=min(10.0, self.settings.lease_margin_s / 2))
         return self._store
 

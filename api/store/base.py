@@ -25,10 +25,15 @@ class StoreBase:
         retention_s: How long a finished job's keys live.
         keys: Key names (a prefix of their own lets deployments or tests share a Redis).
         events_maxlen: Entries kept per job event stream (older ones are trimmed).
+        redispatch_s: A queued job whose message went out is sent again this long after,
+            then twice as long, and so on, until a worker claims it (0: never). See
+            ``Settings.redispatch_s``.
     """
 
     def __init__(self, client: Any, *, retention_s: int, keys: Keys | None = None,
-                 events_maxlen: int = 5000) -> None:
+                 events_maxlen: int = 5000, redispatch_s: float = 0.0) -> None:
+        if isinstance(redispatch_s, bool) or not isinstance(redispatch_s, (int, float)) or not redispatch_s >= 0:
+            raise ValueError(f"redispatch_s must be a number of seconds >= 0, got {redispatch_s!r}")
         if isinstance(retention_s, bool) or not isinstance(retention_s, int) or retention_s < 1:
             raise ValueError(f"retention_s must be a positive int, got {retention_s!r}")
         if isinstance(events_maxlen, bool) or not isinstance(events_maxlen, int) or events_maxlen < 10:
@@ -39,6 +44,7 @@ class StoreBase:
         self.keys = keys or Keys()
         self.retention_s = retention_s
         self._events_maxlen = events_maxlen
+        self.redispatch_s = float(redispatch_s)
         self._scripts = Scripts.register(client)
 
     def _job_call(self, job_id: str, *argv: Any, extra_keys: tuple[str, ...] = ()) -> dict[str, Any]:

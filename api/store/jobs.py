@@ -163,7 +163,7 @@ class JobStore(StoreBase):
         claimed the job, or a reaper has re-sent it, or it ended or was deleted)."""
         # The dispatch of create is named after the job (reapers name theirs at random).
         return bool(await self._scripts.confirm_dispatch(**self._job_call(
-            job_id, job_id, extra_keys=(self.keys.leases,))))
+            job_id, job_id, self.redispatch_s, extra_keys=(self.keys.leases,))))
 
     async def queued_counts(self, owner: str) -> QueuedCounts:
         """How many jobs are queued, in all and for ``owner`` (a read, for early refusals)."""

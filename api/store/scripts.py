@@ -385,13 +385,23 @@ await_dispatch(KEYS[11], t, ARGV[6], ARGV[7])
 return reply
 """
 
-# ARGV 4: dispatch id. KEYS 11: the lease index. The message of that dispatch was sent.
+# ARGV 4: dispatch id, 5: redispatch delay in seconds (0: never). KEYS 11: the lease index.
+# The message of that dispatch was sent. A broker can still lose it (a Redis that is full when
+# it is delivered: the pop succeeds, the bookkeeping write does not), so while the job waits a
+# reaper sends it again after the delay, then after twice as long, and so on; a worker that
+# finds the job taken or ended drops the extra message.
 _CONFIRM_DISPATCH = """
 if redis.call('HGET', JOB, 'status') ~= 'queued' or redis.call('HGET', JOB, 'dispatch') ~= ARGV[4] then
   return 0
 end
-redis.call('ZREM', KEYS[11], ID)
 redis.call('HDEL', JOB, 'dispatch')
+local after = tonumber(ARGV[5])
+if after > 0 then
+  local sent = redis.call('HINCRBY', JOB, 'dispatches', 1)
+  redis.call('ZADD', KEYS[11], now() + after * 2 ^ math.min(sent - 1, 16), ID)
+else
+  redis.call('ZREM', KEYS[11], ID)
+end
 return 1
 """
 

@@ -170,7 +170,8 @@ class WorkerStore(StoreBase):
             job_id, token, dispatch_id, dispatch_grace_s, reason, extra_keys=(self.keys.leases,))))
 
     def confirm_dispatch(self, job_id: str, *, dispatch_id: str) -> None:
-        self._scripts.confirm_dispatch(**self._job_call(job_id, dispatch_id, extra_keys=(self.keys.leases,)))
+        self._scripts.confirm_dispatch(**self._job_call(job_id, dispatch_id, self.redispatch_s,
+                                                         extra_keys=(self.keys.leases,)))
 
     def maxmemory_policy(self) -> str:
         """The server's eviction policy (from INFO, which managed Redis services allow where CONFIG is off)."""

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
+import threading
 import time
 import uuid
 from collections.abc import Iterator
@@ -23,7 +24,9 @@ from api.layout import new_job_id
 from api.store import ClaimOutcome, JobStatus, JobStore, Keys, Renewal, RunState, WorkerStore
 from worker.celery_app import create_celery_app
 from stack.process import free_port
+from tests.faults.conftest import until
 from worker.lease import LeaseKeeper, LeaseLost
+from worker.outage import until_redis_answers
 from worker.recovery import ReapReport, reap, worker_sender
 
 DB = 7
@@ -216,3 +219,59 @@ def test_a_holder_that_could_not_renew_for_a_whole_lease_is_fenced_for_good(env:
     assert not keeper.confirm()
     with pytest.raises(LeaseLost):
         keeper.check()
+
+
+def test_a_queued_job_is_sent_again_while_it_waits_at_doubling_delays(env: dict[str, Any]) -> None:
+    """A broker can lose a message it delivers (a Redis full at that moment): a queued job is
+    sent again after the redispatch delay, then after twice as long, until a worker claims it."""
+    keys = env["keys"]
+    store = WorkerStore.from_url(_url(env["store"]), retention_s=3600, keys=keys, redispatch_s=SHORT_LEASE_S)
+    job_id = env["create"]()
+    store.confirm_dispatch(job_id, dispatch_id=job_id)  # the API's first message went out
+    assert reap(store, env["send"], max_attempts=3, dispatch_grace_s=30) == ReapReport([], [], [])
+    _lapse()
+    assert reap(store, env["send"], max_attempts=3, dispatch_grace_s=30).resent == [job_id]
+    assert len(env["messages"]()) == 1
+    # Next time after twice the delay: not yet at one delay...
+    _lapse()
+    assert reap(store, env["send"], max_attempts=3, dispatch_grace_s=30).resent == []
+    until(lambda: reap(store, env["send"], max_attempts=3, dispatch_grace_s=30).resent == [job_id],
+          timeout_s=LIVE_S, what="second resend")
+    assert len(env["messages"]()) == 2
+    # Claimed: the lease replaces the entry, and no more messages go out.
+    claim = store.claim(job_id, worker="w@host:1", max_attempts=3, lease_s=LIVE_S)
+    assert claim.outcome is ClaimOutcome.claimed and claim.attempt == 1
+    assert store.finish(job_id, JobStatus.succeeded, token=claim.token)
+    assert store.client.zscore(keys.leases, job_id) is None
+
+
+def test_a_claim_waits_out_a_full_redis_and_other_errors_are_not_retried(env: dict[str, Any],
+                                                                           caplog: pytest.LogCaptureFixture) -> None:
+    store: WorkerStore = env["store"]
+    job_id = env["create"]()
+    admin = redis.Redis.from_url(_url(store), decode_responses=True)
+    outcome: list[Any] = []
+    admin.config_set("maxmemory", "1")  # noeviction: every write is refused with OOM
+    try:
+        claiming = threading.Thread(target=lambda: outcome.append(until_redis_answers(
+            lambda: store.claim(job_id, worker="w@host:1", max_attempts=3, lease_s=LIVE_S),
+            within_s=LIVE_S, what="a claim", first_wait_s=0.05)))
+        claiming.start()
+        until(lambda: "refusing writes while writing a claim" in caplog.text, timeout_s=LIVE_S,
+              what="the claim refused with OOM and retried")
+        assert store.get(job_id).status is JobStatus.queued
+    finally:
+        admin.config_set("maxmemory", "0")
+    claiming.join(LIVE_S)
+    assert outcome and outcome[0].outcome is ClaimOutcome.claimed
+    assert "OOM" in caplog.text
+    # A refusal that waiting cannot fix is raised at once.
+    admin.set(f"{env['keys'].prefix}:not-a-list", "x")
+    with pytest.raises(redis.exceptions.ResponseError, match="WRONGTYPE"):
+        until_redis_answers(lambda: admin.lpush(f"{env['keys'].prefix}:not-a-list", "y"), within_s=LIVE_S, what="x")
+    admin.close()
+
+
+def _url(store: WorkerStore) -> str:
+    kwargs = store.client.connection_pool.connection_kwargs
+    return f"redis://{kwargs['host']}:{kwargs['port']}/{kwargs['db']}"
