@@ -79,8 +79,11 @@ class TcpProxy:
         self._track(upstream)
         peer = {client: upstream, upstream: client}
         with selectors.DefaultSelector() as selector:
-            for sock in peer:
-                selector.register(sock, selectors.EVENT_READ)
+            try:
+                for sock in peer:
+                    selector.register(sock, selectors.EVENT_READ)
+            except (OSError, ValueError):  # closed under us by restore()
+                return self._close(client, upstream)
             while not self._closed.is_set():
                 if self._cut.is_set():  # silent: read nothing, send nothing
                     self._closed.wait(0.05)
