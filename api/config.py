@@ -11,10 +11,11 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Annotated, Any
 
-from pydantic import Field, ValidationInfo, field_validator, model_validator
+from pydantic import Field, SecretStr, ValidationInfo, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from api.auth import parse_key_entries
+from api.webhooks import secret_key
 
 # Read as a JSON list or comma-separated by the validator, not as JSON only.
 KeyList = Annotated[tuple[str, ...], NoDecode]
@@ -84,13 +85,20 @@ class Settings(BaseSettings):
                                 "claims the job: a broker can lose a message it delivers while Redis is full "
                                 "or failing over. Extra messages are dropped by the worker that gets them "
                                 "(0: never).")
-    redis_retry_s: float = Field(120.0, gt=0, description="How long a worker retries a job's final "
-                                 "write while Redis is unreachable.")
+    redis_retry_s: float = Field(120.0, gt=0, description="How long a worker retries a job's claim or "
+                                 "final write while Redis is unreachable or refuses writes (full, "
+                                 "read-only); a claim still refused then sends the job's message again "
+                                 "for later.")
 
     allow_eviction: bool = Field(False, description="Run even on a Redis whose maxmemory-policy may evict "
                                  "keys (volatile-* or allkeys-*), which can silently delete jobs.")
 
     device: str = Field("auto", description="Worker device: auto, cpu or cuda.")
+    device_failure_limit: int = Field(3, ge=1, description="A worker process whose device (or results "
+                                      "disk) fails this many jobs in a row stops taking jobs and says so on "
+                                      "/readyz; queued jobs wait for healthy workers. A job's own bad input "
+                                      "or size (out_of_memory) does not count; a job that ends well resets "
+                                      "the count.")
     deterministic: bool = Field(False, description="GPU workers: repeatable seeded runs (deterministic "
                                 "cuDNN and PyTorch algorithms, no autotuning); slower.")
     worker_concurrency: int = Field(1, description="Worker processes (one per GPU).")
@@ -102,6 +110,21 @@ class Settings(BaseSettings):
                                 "waits for compatible queued jobs to join its batch (batch_max > 1).")
     queue: str = Field("dip", description="Celery queue name.")
 
+    webhook_secret: SecretStr | None = Field(None, description="Signs webhook deliveries (Standard Webhooks): "
+                                             "`whsec_` + base64 of 24+ random bytes. Unset: jobs cannot ask "
+                                             "for a webhook.")
+    webhook_allow_http: bool = Field(False, description="Allow http:// webhook targets (else https only).")
+    webhook_allow_private: bool = Field(False, description="Allow webhook targets on private, loopback or "
+                                        "link-local addresses (checked at submission and at each delivery).")
+    webhook_progress_interval_s: float = Field(10.0, gt=0, description="Least time between two `progress` "
+                                               "webhooks of a job (the latest progress is sent).")
+    webhook_timeout_s: float = Field(10.0, gt=0, le=60, description="How long a webhook receiver has to "
+                                     "answer one delivery.")
+    webhook_retry_base_s: float = Field(5.0, gt=0, description="First wait before retrying a failed webhook "
+                                        "delivery; it doubles each time, up to an hour.")
+    webhook_give_up_s: float = Field(86400.0, gt=0, description="A webhook delivery failing this long is given "
+                                     "up, with the job's later events (logged).")
+
     @field_validator("allowed_hosts", mode="before")
     @classmethod
     def _parse_hosts(cls, value: Any) -> tuple[str, ...]:
@@ -112,6 +135,13 @@ class Settings(BaseSettings):
         if not hosts:
             raise ValueError("DIP_ALLOWED_HOSTS must name at least one host (or `*` for any)")
         return hosts
+
+    @field_validator("webhook_secret")
+    @classmethod
+    def _check_webhook_secret(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None:
+            secret_key(value.get_secret_value())  # refuses a malformed one at start-up, not at the first delivery
+        return value
 
     @field_validator("api_keys", "admin_keys", mode="before")
     @classmethod

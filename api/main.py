@@ -14,9 +14,10 @@ from api.deps import document_access
 from api.errors import install_error_handlers
 from api.queue import JobQueue
 from api.request_guard import RequestGuard
-from api.routes import events, health, jobs, results
+from api.routes import events, health, jobs, results, webhooks
 from api.routes.page import install_page
 from api.store import JobStore, check_eviction_policy
+from api.webhooks import document_webhooks
 
 log = logging.getLogger(__name__)
 
@@ -50,9 +51,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.settings = settings
     install_error_handlers(app)
     app.add_middleware(RequestGuard, allowed_hosts=settings.allowed_hosts)
-    for module in (jobs, results, events, health):
+    for module in (jobs, results, events, health, webhooks):
         app.include_router(module.router)
     install_page(app)
+    document_webhooks(app)
     document_access(app, settings)
     return app
 

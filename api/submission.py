@@ -17,6 +17,7 @@ atomically when the record is written, which is the check that counts.
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import logging
@@ -36,7 +37,9 @@ from api.queue import BrokerUnavailable, JobQueue
 from api.schemas import JobCreate
 from api.store import JobRecord, JobStore
 from api.store.jobs import QueueFull
+from api.store.webhooks import subscribe
 from api.uploads import receive_form
+from api.webhooks import InvalidWebhook, WebhookSubscription, subscription_from_form, webhook_form_fields
 from dip_engine.errors import InputError
 from dip_engine.io import ImageInfo, inspect_image, load_kernel
 from dip_engine.validation import check_inputs, validate_spec
@@ -61,7 +64,8 @@ async def submit_job(request: Request, *, settings: Settings, store: JobStore, q
         ``idempotency_key`` and the same files and parameters; nothing is then kept of it).
 
     Raises:
-        ApiError: 4xx for a refused upload, 429 when too many jobs are queued.
+        ApiError: 4xx for a refused upload, 429 when too many jobs are queued, 507 when the
+            results volume is full (nothing of the upload is kept).
         InputError: An image or parameter the engine would refuse (422).
         pydantic.ValidationError: Malformed parameters (422).
     """
@@ -83,11 +87,12 @@ async def submit_job(request: Request, *, settings: Settings, store: JobStore, q
     job_id = new_job_id()
     staging = settings.results_dir / STAGING_DIR / job_id
     target = job_dir(settings.results_dir, job_id)
-    staging.mkdir(parents=True)
     try:
+        staging.mkdir(parents=True)
         upload = await receive_form(
             request.headers.get("content-type"), request.headers.get("content-length"), request.stream(),
             staging, file_fields=frozenset(INPUT_FIELDS), max_file_bytes=settings.max_upload_bytes)
+        webhook = await run_in_threadpool(_webhook, upload.fields, settings)  # resolves the host: blocking
         params = JobCreate.model_validate(upload.fields, context={"max_iterations": settings.max_iterations})
         fingerprint = await run_in_threadpool(request_fingerprint, params, upload.files)
         if known is not None:
@@ -95,6 +100,13 @@ async def submit_job(request: Request, *, settings: Settings, store: JobStore, q
             return await _retried(store, known, fingerprint, idempotency_key or ""), False
         files = await run_in_threadpool(place_inputs, params, upload.files, staging, settings=settings)
         staging.rename(target)
+    except OSError as exc:
+        shutil.rmtree(staging, ignore_errors=True)
+        if exc.errno not in (errno.ENOSPC, errno.EDQUOT):
+            raise
+        log.error("upload refused, the results volume is full: %s", exc)
+        raise ApiError(507, "insufficient_storage", "the results volume is full (or its quota is used up): "
+                       "the upload was not stored; retry later") from None
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
@@ -109,6 +121,8 @@ async def submit_job(request: Request, *, settings: Settings, store: JobStore, q
         # place in the queue), whatever a fast worker does with it next.
         record = await store.get(winner)
         if winner == job_id:
+            if webhook is not None:  # before the message: the worker's events must find it
+                await subscribe(store.client, store.keys, job_id, webhook)
             await run_in_threadpool(queue.enqueue, job_id, time_limit_s=settings.job_time_limit_s,
                                     kill_after_s=max(1, settings.hard_time_limit_s - settings.soft_time_limit_s))
     except QueueFull as exc:
@@ -129,6 +143,16 @@ async def submit_job(request: Request, *, settings: Settings, store: JobStore, q
         return await _retried(store, record, fingerprint, idempotency_key or ""), False
     await _confirm_dispatch(store, job_id)
     return record, True
+
+
+def _webhook(fields: dict[str, str], settings: Settings) -> WebhookSubscription | None:
+    """Take the webhook fields out of ``fields`` (they are not engine parameters) and check the target."""
+    try:
+        return subscription_from_form(fields, enabled=settings.webhook_secret is not None,
+                                      allow_http=settings.webhook_allow_http,
+                                      allow_private=settings.webhook_allow_private)
+    except InvalidWebhook as exc:
+        raise ApiError(422, "invalid_webhook", str(exc)) from None
 
 
 def request_fingerprint(params: JobCreate, files: dict[str, Path]) -> str:
@@ -216,6 +240,7 @@ def form_openapi() -> dict[str, Any]:
                                             "weight), at most the image's size; instead of blur_sigma."},
         "reference": {**binary, "description": "Clean image the size of the output, to score PSNR against."},
         **{name: _not_null(field) for name, field in params["properties"].items()},
+        **webhook_form_fields(),
     }
     schema = {"type": "object", "properties": properties, "required": ["image", *params.get("required", [])],
               "additionalProperties": False}

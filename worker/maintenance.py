@@ -6,6 +6,7 @@ re-queues jobs whose worker vanished (their lease lapsed, see
 ``worker.recovery``); and the retention sweep. Redis expires job records by
 itself; the sweep then deletes what Redis cannot: the job directories on the
 results volume and the index entries of expired jobs.
+It also starts the webhook deliverer's threads (``worker.webhooks``).
 
 When the worker starts shutting down (SIGTERM: Celery's warm shutdown waits
 for running jobs), the step raises the worker's drain flag; each running job
@@ -31,7 +32,9 @@ from celery.signals import worker_shutting_down
 from api.config import Settings
 from api.layout import JOB_ID, STAGING_DIR, job_dir
 from api.store import WorkerStore, check_eviction_policy
+from api.store.health import clear_unhealthy
 from worker.recovery import Send, reap, worker_sender
+from worker.webhooks import Deliverer
 
 log = logging.getLogger(__name__)
 
@@ -118,6 +121,7 @@ class Maintenance(bootsteps.StartStopStep):
         self._results_dir = Path()
         self._settings: Settings | None = None
         self._send: Send | None = None
+        self._deliverer: Deliverer | None = None
 
     def start(self, worker: Any) -> None:
         settings = self._settings = worker.app.conf.dip_settings
@@ -125,6 +129,10 @@ class Maintenance(bootsteps.StartStopStep):
                                            redispatch_s=settings.redispatch_s)
         self._check_eviction(settings)
         self._name = worker.hostname
+        try:  # a worker restarted under the same name starts healthy (worker.failures)
+            clear_unhealthy(self._store.client, self._store.keys, self._name)
+        except redis.exceptions.RedisError as exc:
+            log.warning("could not clear this worker's health entry: %s", exc)
         self._results_dir = settings.results_dir
         self._send = worker_sender(worker.app, settings)
         worker_shutting_down.connect(self._drain, weak=False)
@@ -136,7 +144,13 @@ class Maintenance(bootsteps.StartStopStep):
             worker.timer.call_repeatedly(reap_every_s, self._reap),
             worker.timer.call_after(1.0, self._sweep),
             worker.timer.call_repeatedly(settings.sweep_interval_s, self._sweep),
+            # Once the pool has forked its processes: they need not inherit the delivery threads.
+            worker.timer.call_after(1.0, self._start_deliverer),
         ]
+
+    def _start_deliverer(self) -> None:
+        self._deliverer = Deliverer(self._settings)  # type: ignore[arg-type]
+        self._deliverer.start()
 
     def _check_eviction(self, settings: Settings) -> None:
         try:
@@ -155,6 +169,9 @@ class Maintenance(bootsteps.StartStopStep):
         for timer in self._timers:
             timer.cancel()
         self._timers = []
+        if self._deliverer is not None:
+            self._deliverer.stop()
+            self._deliverer = None
         if self._store is not None:
             try:
                 self._store.sign_off(self._name)

@@ -9,21 +9,25 @@ from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
+import redis.exceptions
 from celery import Task, shared_task
-from celery.exceptions import SoftTimeLimitExceeded
+from celery.exceptions import Reject, SoftTimeLimitExceeded
 
 from api.config import Settings
 from api.layout import OUT_DIR, job_dir, output_file_name
 from api.schemas import JobCreate
 from api.store import Claim, ClaimOutcome, JobRecord, JobStatus, WorkerStore
+from api.store.health import mark_unhealthy
 from dip_engine.errors import InputError
 from dip_engine.restore import RestoreInputs, RestoreLimits, RestoreRequest, RestoreResult, restore_batch
 from stack.process import pid_alive
 from worker.batching import gather
 from worker.celery_app import RESTORE_TASK
-from worker.fault_injection import maybe_crash
+from worker.failures import (DISK_FULL, OUT_OF_MEMORY, DeviceHealth, disk_full_error, is_out_of_memory,
+                             out_of_memory_message, release_memory)
+from worker.fault_injection import HOLD_FILE, maybe_crash, maybe_fail, maybe_hold
 from worker.lease import LeaseKeeper, LeaseLost
-from worker.outage import until_redis_answers
+from worker.outage import refused_for_now, until_redis_answers
 from worker.progress import JobReporter
 from worker.recovery import Send, dispatch, new_dispatch_id, worker_sender
 from worker.signals import select_device
@@ -36,10 +40,17 @@ class JobTask(Task):
     instance per process, so it is opened after the fork, on first use)."""
 
     _store: WorkerStore | None = None
+    _health: DeviceHealth | None = None
 
     @property
     def settings(self) -> Settings:
         return self.app.conf.dip_settings
+
+    @property
+    def health(self) -> DeviceHealth:
+        if self._health is None:
+            self._health = DeviceHealth(self.settings.device_failure_limit)
+        return self._health
 
     @property
     def store(self) -> WorkerStore:
@@ -58,8 +69,15 @@ def restore_job(self: JobTask, job_id: str) -> str:
     elsewhere. Returns its status when this delivery is done with it."""
     node = self.request.hostname or "worker"
     settings = self.settings
-    claim = until_redis_answers(lambda: _claim(self.store, job_id, node=node, settings=settings),
-                                within_s=settings.redis_retry_s, what=f"the claim of job {job_id}")
+    if self.health.tripped:
+        if not self.health.announced:
+            _stop_taking_jobs(self, node)
+        # Delivered before this worker's consumer stopped: back to the queue, for a healthy worker.
+        raise Reject(f"this worker stopped taking jobs ({self.health.reason})", requeue=True)
+    maybe_hold(HOLD_FILE, job_id, settings.var_dir)
+    claim = _claim_or_send_again(self, job_id, node=node)
+    if claim.outcome is ClaimOutcome.claimed and claim.unreadable:
+        return _fail_unreadable(self.store, job_id, claim, settings)
     if claim.outcome is not ClaimOutcome.claimed or claim.record is None:
         log.info("job %s not run: %s%s", job_id, claim.outcome.value,
                  f" (held by {claim.holder})" if claim.holder else "")
@@ -72,19 +90,84 @@ def restore_job(self: JobTask, job_id: str) -> str:
     if len(claims) > 1:
         log.info("job %s: batched with %s", job_id, ", ".join(c.record.id for c in claims[1:] if c.record))
     statuses = run_jobs(self.store, claims, settings, worker=f"{node}:{os.getppid()}", parent_pid=os.getppid(),
-                        send=worker_sender(self.app, settings), time_limit_s=time_limit_s)
+                        send=worker_sender(self.app, settings), time_limit_s=time_limit_s, health=self.health)
+    if self.health.tripped and not self.health.announced:
+        _stop_taking_jobs(self, node)
     for each, status in zip(claims, statuses):
         log.info("job %s: %s", each.record.id if each.record else job_id,
                  "lease lost, left to its new holder" if status is None else status.value)
     return "lease_lost" if statuses[0] is None else statuses[0].value
 
 
+def _claim_or_send_again(task: JobTask, job_id: str, *, node: str) -> Claim:
+    """The claim, retried while Redis refuses it for now (full, read-only, unreachable).
+
+    Past ``redis_retry_s`` the job's message is sent again for later (Celery's retry): acking
+    this delivery on an error would leave the job queued with no message. While Redis refuses
+    that publish too, this delivery is kept (unacknowledged) and the claim tried again. A claim
+    that fails otherwise (a script error, which waiting cannot fix) is sent again at most
+    ``max_attempts`` times, then given up on, logged; a queued job is still sent again every
+    ``redispatch_s`` (``worker.recovery``).
+    """
+    settings = task.settings
+    while True:
+        try:
+            return until_redis_answers(lambda: _claim(task.store, job_id, node=node, settings=settings),
+                                       within_s=settings.redis_retry_s, what=f"the claim of job {job_id}")
+        except redis.exceptions.RedisError as exc:
+            transient = refused_for_now(exc)
+            if not transient and task.request.retries >= settings.max_attempts:
+                log.error("job %s: its claim failed %d times (%s); giving this message up, the job stays "
+                          "queued", job_id, task.request.retries + 1, exc)
+                raise
+            delay_s = min(settings.redis_retry_s, 60.0)
+            log.warning("job %s: the claim %s (%s); sending its message again, to run in %.0f s", job_id,
+                        "is still refused" if transient else "failed", exc, delay_s)
+            try:
+                raise task.retry(exc=exc, countdown=delay_s, max_retries=None)
+            except Reject as refused:  # the broker refused the new message: keep this one, try again
+                log.warning("job %s: its message could not be sent again (%s); keeping this delivery and "
+                            "claiming again", job_id, refused.reason)
+
+
+def _fail_unreadable(store: WorkerStore, job_id: str, claim: Claim, settings: Settings) -> str:
+    """Fail a job claimed whose record cannot be parsed: no run can read it."""
+    error = ("invalid_record", f"the job's stored record could not be read ({claim.unreadable})")
+    log.error("job %s: %s; failed", job_id, error[1])
+    recorded = until_redis_answers(lambda: store.finish(job_id, JobStatus.failed, token=claim.token, error=error),
+                                   within_s=settings.redis_retry_s, what=f"the failure of job {job_id}")
+    return JobStatus.failed.value if recorded else "lease_lost"
+
+
+def _stop_taking_jobs(task: JobTask, node: str) -> None:
+    """Stop this worker consuming the queue (its device keeps failing jobs), and say so for /readyz."""
+    health, settings = task.health, task.settings
+    reason = (f"its device failed {health.failures} jobs in a row (DIP_DEVICE_FAILURE_LIMIT="
+              f"{health.limit}); last: {health.reason}")
+    log.error("worker %s stops taking jobs: %s. Queued jobs wait for other workers; restart this one once "
+              "its device is fixed", node, reason)
+    try:
+        until_redis_answers(lambda: mark_unhealthy(task.store.client, task.store.keys, node, reason=reason,
+                                                   since=health.tripped_at or 0.0),
+                            within_s=settings.redis_retry_s, what=f"the health of worker {node}")
+    except redis.exceptions.RedisError as exc:
+        log.warning("worker %s: could not publish that it stopped taking jobs (%s)", node, exc)
+    try:  # through the broker to this worker's main process, which owns the consumer
+        task.app.control.cancel_consumer(settings.queue, destination=[node])
+    except Exception as exc:  # noqa: BLE001 - the next delivery tries again, and goes back to the queue
+        log.warning("worker %s: could not stop its consumer yet (%s)", node, exc)
+        return
+    health.announced = True
+
+
 def _claim(store: WorkerStore, job_id: str, *, node: str, settings: Settings) -> Claim:
     claim = store.claim(job_id, worker=f"{node}:{os.getpid()}", max_attempts=settings.max_attempts,
                         lease_s=settings.lease_s)
-    if claim.outcome is ClaimOutcome.busy and _died_here(claim.holder, node):
+    if claim.outcome is ClaimOutcome.busy and (_died_here(claim.holder, node)
+                                               or claim.holder == f"{node}:{os.getpid()}"):
         # A pool process of this worker held it and was killed; Celery redelivers such a
-        # job at once, and waiting for its lease to lapse would only delay it.
+        # job at once, and waiting for its lease to lapse would only delay it. Or this very
+        # process claimed it, but the reply was lost and the claim is being retried.
         claim = store.claim(job_id, worker=f"{node}:{os.getpid()}", max_attempts=settings.max_attempts,
                             lease_s=settings.lease_s, take_over=claim.holder_token)
     return claim
@@ -97,15 +180,18 @@ def _died_here(holder: str, node: str) -> bool:
 
 
 def run_jobs(store: WorkerStore, claims: Sequence[Claim], settings: Settings, *, worker: str, send: Send,
-             parent_pid: int | None = None, time_limit_s: float | None = None) -> list[JobStatus | None]:
+             parent_pid: int | None = None, time_limit_s: float | None = None,
+             health: DeviceHealth | None = None) -> list[JobStatus | None]:
     """Run the engine on claimed jobs, as one batch where they can share a model, and write
     how each ended.
 
     ``time_limit_s`` is the soft time limit this run is under (for the error message).
+    ``health`` counts this run's device or disk failure (or its success).
 
     Returns:
         Each job's final status, in order; ``queued`` if it was handed back (the worker is
-        shutting down); ``None`` if its lease was lost (another worker runs it: nothing written).
+        shutting down, or the results disk is full); ``None`` if its lease was lost (another
+        worker runs it: nothing written).
     """
     records = [claim.record for claim in claims]
     assert all(record is not None for record in records)
@@ -130,7 +216,10 @@ def run_jobs(store: WorkerStore, claims: Sequence[Claim], settings: Settings, *,
         limits = RestoreLimits(checkpoint_every=settings.checkpoint_every, resume=True,
                                max_pixels=settings.max_pixels, max_iterations=settings.max_iterations,
                                max_snapshots=settings.max_snapshots)
+        device_failure, engine_failed = "", False
         try:
+            for i in requests:
+                maybe_fail(records[i].id)  # type: ignore[union-attr]
             ran = restore_batch(list(requests.values()), limits, isolate=(LeaseLost,))
             for i, result in zip(requests, ran):
                 outcomes[i] = (result.code, result.message) if isinstance(result, InputError) else result  # type: ignore[assignment]
@@ -139,9 +228,29 @@ def run_jobs(store: WorkerStore, claims: Sequence[Claim], settings: Settings, *,
             for i in requests:
                 outcomes[i] = ("time_limit", f"the job ran longer than its {limit_s:g} s time limit")
         except Exception as exc:  # noqa: BLE001 - any engine failure ends the jobs, never the worker
-            log.exception("jobs %s failed", ", ".join(r.id for r in records))  # type: ignore[union-attr]
-            for i in requests:
-                outcomes[i] = ("internal_error", f"{type(exc).__name__}: {exc}")
+            ids, engine_failed = ", ".join(r.id for r in records), True  # type: ignore[union-attr]
+            if is_out_of_memory(exc):  # the job's size, not the device: it fails, and does not count
+                log.warning("jobs %s ran out of memory: %s", ids, exc)
+                device = requests[next(iter(requests))].spec.device if requests else "device"
+                for i in requests:
+                    outcomes[i] = (OUT_OF_MEMORY, out_of_memory_message(requests[i].inputs.image, device=device))
+            elif (full := disk_full_error(exc)) is not None:  # the volume, not the job: handed back
+                log.error("jobs %s: the results disk is full (%s); handing them back", ids, full)
+                device_failure = f"results disk full ({full})"
+                for i in requests:
+                    outcomes[i] = (DISK_FULL, str(full))
+            else:
+                log.exception("jobs %s failed", ids)
+                device_failure = f"{type(exc).__name__}: {exc}"
+                for i in requests:
+                    outcomes[i] = ("internal_error", f"{type(exc).__name__}: {exc}")
+        if engine_failed:
+            release_memory()  # once the error, and the tensors its traceback held, are gone
+        if health is not None and requests:
+            if device_failure:
+                health.failed(device_failure)
+            elif any(isinstance(outcome, RestoreResult) for outcome in outcomes):
+                health.ok()
         return [_end(store, lease, reporter, directory, outcome, settings, send)
                 for lease, reporter, directory, outcome in zip(leases, reporters, directories, outcomes)]
 
@@ -167,6 +276,9 @@ def _end(store: WorkerStore, lease: LeaseKeeper, reporter: JobReporter, director
     if isinstance(outcome, RestoreResult) and reporter.handed_back:
         lease.stop()
         return _hand_back(store, lease, settings, send)
+    if isinstance(outcome, tuple) and outcome[0] == DISK_FULL:
+        lease.stop()
+        return _hand_back(store, lease, settings, send, reason=DISK_FULL)
     status = JobStatus.failed
     fields: dict[str, Any] = {}
     files: dict[str, str] = {}
@@ -191,12 +303,14 @@ def _end(store: WorkerStore, lease: LeaseKeeper, reporter: JobReporter, director
     return status
 
 
-def _hand_back(store: WorkerStore, lease: LeaseKeeper, settings: Settings, send: Send) -> JobStatus | None:
-    """Re-queue a job stopped for the worker's shutdown, with a new message (its checkpoint is kept)."""
+def _hand_back(store: WorkerStore, lease: LeaseKeeper, settings: Settings, send: Send,
+               reason: str = "worker_shutdown") -> JobStatus | None:
+    """Re-queue a job stopped for the worker's shutdown (or a full disk), with a new message
+    (its checkpoint is kept)."""
     dispatch_id = new_dispatch_id()
     handed = until_redis_answers(
         lambda: store.hand_back(lease.job_id, token=lease.token, dispatch_id=dispatch_id,
-                                dispatch_grace_s=settings.lease_s),
+                                dispatch_grace_s=settings.lease_s, reason=reason),
         within_s=settings.redis_retry_s, what=f"the hand-back of job {lease.job_id}")
     if not handed:
         log.warning("job %s: lease lost before it could be handed back", lease.job_id)

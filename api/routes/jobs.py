@@ -39,6 +39,8 @@ _ERRORS: dict[int | str, dict[str, Any]] = {404: {"model": ErrorBody, "descripti
         503: {"model": ErrorBody, "description": "Redis or the broker is unreachable; nothing was kept. "
                                                  "Retry after `Retry-After` seconds.",
               "headers": {"Retry-After": {"schema": {"type": "integer"}}}},
+        507: {"model": ErrorBody, "description": "The results volume is full (`insufficient_storage`); "
+                                                 "nothing was kept."},
     },
 )
 async def create_job(

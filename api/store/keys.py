@@ -16,6 +16,8 @@ scored by the expiry of their lease, and of queued jobs whose message is not
 yet known sent, scored by the end of its grace), ``<p>:draining:<worker>`` (flag of
 a worker that is shutting down) and ``<p>:streams:<caller>`` (sorted set: the leases of
 a caller's open event streams, scored by their expiry; the key expires with the last one).
+Webhooks: ``<p>:job:<id>:webhook`` (hash), ``...:webhook:log`` (list), ``...:webhook:lock``
+and ``<p>:webhooks`` (sorted set of jobs with deliveries to come), see ``api.store.webhooks``.
 """
 
 from __future__ import annotations
@@ -75,6 +77,11 @@ class Keys:
         return f"{self.prefix}:workers"
 
     @property
+    def unhealthy_workers(self) -> str:
+        """Hash: worker name -> why it stopped taking jobs (JSON), see ``api.store.health``."""
+        return f"{self.prefix}:workers:unhealthy"
+
+    @property
     def durations(self) -> str:
         return f"{self.prefix}:stats:durations"
 
@@ -91,6 +98,23 @@ class Keys:
     def streams(self, caller: str) -> str:
         """Leases of the event streams ``caller`` (``key:<fingerprint>`` or ``addr:<address>``) has open."""
         return f"{self.prefix}:streams:{caller}"
+
+    def webhook(self, job_id: str) -> str:
+        """Hash: a job's webhook (url, events), its delivery cursor and counters (``api.store.webhooks``)."""
+        return f"{self.prefix}:job:{job_id}:webhook"
+
+    def webhook_log(self, job_id: str) -> str:
+        """List: a job's latest webhook delivery attempts (JSON), newest first."""
+        return f"{self.prefix}:job:{job_id}:webhook:log"
+
+    def webhook_lock(self, job_id: str) -> str:
+        """The deliverer that holds it sends this job's webhooks (expiring token)."""
+        return f"{self.prefix}:job:{job_id}:webhook:lock"
+
+    @property
+    def webhooks_due(self) -> str:
+        """Sorted set: jobs with webhook deliveries to come, scored by when to look again (Redis clock)."""
+        return f"{self.prefix}:webhooks"
 
     def job_script_keys(self, job_id: str, *extra: str) -> list[str]:
         """KEYS for a job script: the job's four keys, the status indexes, then ``extra``."""

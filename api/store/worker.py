@@ -37,6 +37,7 @@ class Claim:
     holder: str = ""
     holder_token: str = ""
     sent_at: float | None = None
+    unreadable: str = ""  # claimed, but its record could not be parsed (why): fail it, do not run it
 
 
 class RunState(str, Enum):
@@ -113,9 +114,13 @@ class WorkerStore(StoreBase):
         outcome = ClaimOutcome(outcome_name) if outcome_name in ClaimOutcome.__members__ else ClaimOutcome.finished
         if outcome is ClaimOutcome.busy:
             return Claim(outcome, attempt, None, holder=reply[2], holder_token=reply[3])
-        record = self.get(job_id) if outcome is ClaimOutcome.claimed else None
+        record, unreadable = None, ""
+        try:
+            record = self.get(job_id) if outcome is ClaimOutcome.claimed else None
+        except (KeyError, TypeError, ValueError) as exc:  # a field missing or malformed: retrying cannot help
+            unreadable = f"{type(exc).__name__}: {exc}"
         return Claim(outcome, attempt, record, token=token if outcome is ClaimOutcome.claimed else "",
-                     sent_at=sent_at)
+                     sent_at=sent_at, unreadable=unreadable)
 
     def renew(self, job_id: str, *, token: str, lease_s: float) -> Renewal:
         """Extend the lease ``token`` holds by ``lease_s`` from now (Redis clock)."""
