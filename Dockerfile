@@ -21,6 +21,7 @@ COPY dip_engine ./dip_engine
 COPY api ./api
 COPY worker ./worker
 COPY stack ./stack
+COPY dip_client ./dip_client
 RUN pip install .
 
 RUN useradd --create-home --uid 10001 --user-group dip \

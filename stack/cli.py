@@ -161,6 +161,24 @@ def _run_serve(args: argparse.Namespace) -> int:
         return 1
 
 
+# -- dip submit / status / watch / download / cancel / jobs (clients of a running API) --
+
+
+def _client_command(name: str, summary: str) -> Command:
+    """A client command of ``dip_client.cli`` (``add_<name>``, ``run_<name>``), imported when used."""
+    def add_arguments(parser: argparse.ArgumentParser) -> None:
+        from dip_client import cli
+
+        getattr(cli, f"add_{name}")(parser)
+
+    def run(args: argparse.Namespace) -> int:
+        from dip_client import cli
+
+        return int(getattr(cli, f"run_{name}")(args))
+
+    return Command(name, summary, add_arguments, run)
+
+
 # -- the command ----------------------------------------------------------------
 
 COMMANDS: tuple[Command, ...] = (
@@ -168,6 +186,12 @@ COMMANDS: tuple[Command, ...] = (
     Command("serve", "run Redis, a worker and the API together", _add_serve, _run_serve),
     Command("api", "run the REST API alone", _add_api, _run_api),
     Command("worker", "run one Celery worker alone", _add_worker, _run_worker),
+    _client_command("submit", "submit an image to a running API (and --wait for it)"),
+    _client_command("status", "show a job of a running API"),
+    _client_command("watch", "follow a job live until it ends"),
+    _client_command("download", "save a job's result and files"),
+    _client_command("cancel", "cancel a queued or running job"),
+    _client_command("jobs", "list your jobs, newest first"),
 )
 
 
