@@ -30,16 +30,16 @@ import redis.exceptions
 from fastapi import Request
 from starlette.concurrency import run_in_threadpool
 
-from api.config import Settings
 from api.errors import ApiError
-from api.layout import INPUT_FIELDS, STAGING_DIR, input_file_name, job_dir, new_job_id
-from api.queue import BrokerUnavailable, JobQueue
-from api.schemas import JobCreate
-from api.store import JobRecord, JobStore
-from api.store.jobs import QueueFull
-from api.store.webhooks import subscribe
 from api.uploads import receive_form
-from api.webhooks import InvalidWebhook, WebhookSubscription, subscription_from_form, webhook_form_fields
+from core.config import Settings
+from core.layout import INPUT_FIELDS, STAGING_DIR, input_file_name, job_dir, new_job_id
+from core.queue import BrokerUnavailable, JobQueue
+from core.schemas import JobCreate
+from core.store import JobRecord, JobStore
+from core.store.jobs import QueueFull
+from core.store.webhooks import subscribe
+from core.webhooks import InvalidWebhook, WebhookSubscription, subscription_from_form, webhook_form_fields
 from dip_engine.errors import InputError
 from dip_engine.io import ImageInfo, inspect_image, load_kernel
 from dip_engine.validation import check_inputs, validate_spec

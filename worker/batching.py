@@ -21,9 +21,9 @@ from typing import Any
 import redis.exceptions
 from PIL import Image
 
-from api.config import Settings
-from api.layout import job_dir
-from api.store import Claim, ClaimOutcome, JobRecord, JobStatus, WorkerStore
+from core.config import Settings
+from core.layout import job_dir
+from core.store import Claim, ClaimOutcome, JobRecord, JobStatus, WorkerStore
 from dip_engine.io import IMAGE_FORMATS
 from worker.outage import refused_for_now
 

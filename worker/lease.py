@@ -26,7 +26,7 @@ from types import TracebackType
 
 import redis.exceptions
 
-from api.store import Renewal, WorkerStore
+from core.store import Renewal, WorkerStore
 
 log = logging.getLogger(__name__)
 

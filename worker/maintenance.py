@@ -29,10 +29,10 @@ import redis.exceptions
 from celery import bootsteps
 from celery.signals import worker_shutting_down
 
-from api.config import Settings
-from api.layout import JOB_ID, STAGING_DIR, job_dir
-from api.store import WorkerStore, check_eviction_policy
-from api.store.health import clear_unhealthy
+from core.config import Settings
+from core.layout import JOB_ID, STAGING_DIR, job_dir
+from core.store import WorkerStore, check_eviction_policy
+from core.store.health import clear_unhealthy
 from worker.recovery import Send, reap, worker_sender
 from worker.webhooks import Deliverer
 

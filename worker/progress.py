@@ -30,9 +30,9 @@ from typing import Any, TypeVar
 
 import redis.exceptions
 
-from api.layout import snapshot_file_name, snapshot_order
-from api.schemas import Metrics, Progress
-from api.store import RunState, WorkerStore
+from core.layout import snapshot_file_name, snapshot_order
+from core.schemas import Metrics, Progress
+from core.store import RunState, WorkerStore
 from dip_engine.callbacks import Callback, FitState
 from dip_engine.history import LogRecord
 from worker.lease import LeaseKeeper, LeaseLost

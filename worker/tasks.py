@@ -13,16 +13,16 @@ import redis.exceptions
 from celery import Task, shared_task
 from celery.exceptions import Reject, SoftTimeLimitExceeded
 
-from api.config import Settings
-from api.layout import OUT_DIR, job_dir, output_file_name
-from api.schemas import JobCreate
-from api.store import Claim, ClaimOutcome, JobRecord, JobStatus, WorkerStore
-from api.store.health import mark_unhealthy
+from core.config import Settings
+from core.layout import OUT_DIR, job_dir, output_file_name
+from core.process import pid_alive
+from core.queue import RESTORE_TASK
+from core.schemas import JobCreate
+from core.store import Claim, ClaimOutcome, JobRecord, JobStatus, WorkerStore
+from core.store.health import mark_unhealthy
 from dip_engine.errors import InputError
 from dip_engine.restore import RestoreInputs, RestoreLimits, RestoreRequest, RestoreResult, restore_batch
-from stack.process import pid_alive
 from worker.batching import gather
-from worker.celery_app import RESTORE_TASK
 from worker.failures import (DISK_FULL, OUT_OF_MEMORY, DeviceHealth, disk_full_error, is_out_of_memory,
                              out_of_memory_message, release_memory)
 from worker.fault_injection import HOLD_FILE, maybe_crash, maybe_fail, maybe_hold

@@ -6,7 +6,7 @@ maintenance bootstep, reads each subscribed job's event stream and sends what
 it subscribed to, in order, so a slow or dead receiver costs the job nothing.
 
 Any worker's deliverer can continue a job's deliveries (the cursor and the
-retry schedule are in Redis, ``api.store.webhooks``); a per-job expiring lock
+retry schedule are in Redis, ``core.store.webhooks``); a per-job expiring lock
 keeps two from sending the same job's events at once. A failed delivery is
 retried after ``DIP_WEBHOOK_RETRY_BASE_S``, doubling up to an hour, until it
 has failed for ``DIP_WEBHOOK_GIVE_UP_S``; the job's later events are then
@@ -33,10 +33,10 @@ import httpx
 import redis
 import redis.exceptions
 
-from api.config import Settings
-from api.store import EventType, JobEvent, JobRecord, JobStatus, Keys, WorkerStore
-from api.store.webhooks import Deliveries, DeliveryState, Pending, pending_json
-from api.webhooks import (CompletedData, CompletedPayload, DeliveryAttempt, ProgressData, ProgressPayload,
+from core.config import Settings
+from core.store import EventType, JobEvent, JobRecord, JobStatus, Keys, WorkerStore
+from core.store.webhooks import Deliveries, DeliveryState, Pending, pending_json
+from core.webhooks import (CompletedData, CompletedPayload, DeliveryAttempt, ProgressData, ProgressPayload,
                           Resolver, SnapshotData, SnapshotPayload, StartedData, StartedPayload, WebhookEvent,
                           InvalidWebhook, check_target, secret_key, signed_headers)
 

@@ -15,12 +15,12 @@ from fastapi import APIRouter, Header, Request
 from sse_starlette import EventSourceResponse, ServerSentEvent
 from starlette.types import Receive, Scope, Send
 
-from api.auth import Caller
 from api.deps import AUTH_RESPONSES, CallerDep, JobDep, SettingsDep, StoreDep
 from api.errors import ApiError
-from api.schemas import ErrorBody, Snapshot
-from api.store import EventType, JobStatus, JobStore, StreamLeases
 from api.views import job_url
+from core.auth import Caller
+from core.schemas import ErrorBody, Snapshot
+from core.store import EventType, JobStatus, JobStore, StreamLeases
 
 log = logging.getLogger(__name__)
 

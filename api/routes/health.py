@@ -9,8 +9,8 @@ from fastapi import APIRouter, Response
 from api import metrics
 from api.deps import AUTH_RESPONSES, AdminDep, StoreDep
 from api.errors import ApiError
-from api.schemas import ErrorBody
-from api.store.health import unhealthy_workers
+from core.schemas import ErrorBody
+from core.store.health import unhealthy_workers
 
 router = APIRouter(tags=["health"])
 

@@ -6,9 +6,9 @@ from fastapi import APIRouter
 
 from api.deps import AUTH_RESPONSES, JobDep, StoreDep
 from api.errors import ApiError
-from api.schemas import ErrorBody
-from api.store.webhooks import read_log
-from api.webhooks import WebhookLog
+from core.schemas import ErrorBody
+from core.store.webhooks import read_log
+from core.webhooks import WebhookLog
 
 router = APIRouter(prefix="/v1/jobs", tags=["webhooks"], responses=AUTH_RESPONSES)
 

@@ -19,12 +19,12 @@ from typing import Any
 import pytest
 import redis
 
-from api.config import Settings
-from api.layout import new_job_id
-from api.store import ClaimOutcome, JobStatus, JobStore, Keys, Renewal, RunState, WorkerStore
-from worker.celery_app import create_celery_app
-from stack.process import free_port
+from core.config import Settings
+from core.layout import new_job_id
+from core.process import free_port
+from core.store import ClaimOutcome, JobStatus, JobStore, Keys, Renewal, RunState, WorkerStore
 from tests.faults.conftest import until
+from worker.celery_app import create_celery_app
 from worker.lease import LeaseKeeper, LeaseLost
 from worker.outage import until_redis_answers
 from worker.recovery import ReapReport, reap, worker_sender

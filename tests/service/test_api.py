@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from api.store import Keys
+from core.store import Keys
 
 MAX_UPLOAD_BYTES = 1_000_000  # as the conftest configures the service
 MAX_ITERATIONS = 5000

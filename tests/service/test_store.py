@@ -14,8 +14,8 @@ from typing import Any
 import pytest
 import redis
 
-from api.layout import new_job_id
-from api.store import ClaimOutcome, JobStatus, JobStore, Keys, RunState, WorkerStore
+from core.layout import new_job_id
+from core.store import ClaimOutcome, JobStatus, JobStore, Keys, RunState, WorkerStore
 from worker.maintenance import sweep
 
 STORE_DB = 6

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any
 
-from api.webhooks import DeliveryAttempt, WebhookEvent, WebhookLog, WebhookSubscription
+from core.webhooks import DeliveryAttempt, WebhookEvent, WebhookLog, WebhookSubscription
 
 from .base import to_json
 from .keys import Keys

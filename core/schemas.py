@@ -7,8 +7,8 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 
-from api.layout import snapshot_names, snapshot_order
-from api.store import JobRecord, JobStatus
+from core.layout import snapshot_names, snapshot_order
+from core.store import JobRecord, JobStatus
 from dip_engine.problems import PROBLEMS
 from dip_engine.spec import SCALES, EarlyStopMode, PresetName, RestoreSpec, TaskName
 
