@@ -102,3 +102,15 @@ def test_no_module_imports_itself_back() -> None:
         if name not in state:
             visit(name, [name])
     assert not cycles, "\n".join(" -> ".join(cycle) for cycle in cycles)
+
+
+def test_redis_stays_inside_the_job_store() -> None:
+    """Callers see ``StoreError`` / ``StoreUnavailable``; only ``core.store`` (and the server ``dip serve`` runs) talk Redis."""
+    users = sorted(name for name, path in modules().items()
+                   if any(isinstance(node, (ast.Import, ast.ImportFrom)) and any(
+                       (alias.name if isinstance(node, ast.Import) else node.module or "").split(".")[0] == "redis"
+                       for alias in node.names)
+                          for node in ast.walk(ast.parse(path.read_text()))))
+    outside = [name for name in users if not (name.startswith("core.store") or name == "stack.redis_server")]
+    assert not outside, outside
+    assert "core.store.errors" in users
