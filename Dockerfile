@@ -18,6 +18,7 @@ WORKDIR /app
 RUN pip install torch==2.13.0 ${TORCH_INDEX_URL:+--index-url "$TORCH_INDEX_URL"}
 COPY pyproject.toml ./
 COPY dip_engine ./dip_engine
+COPY core ./core
 COPY api ./api
 COPY worker ./worker
 COPY stack ./stack

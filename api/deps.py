@@ -7,13 +7,13 @@ from typing import Annotated, Any
 from fastapi import Depends, FastAPI, Path, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
-from api.auth import Caller, Unauthorized, authenticate
-from api.config import Settings
 from api.errors import ApiError, job_not_found
-from api.layout import JOB_ID
-from api.queue import JobQueue
-from api.schemas import ErrorBody
-from api.store import JobRecord, JobStore
+from core.auth import Caller, Unauthorized, authenticate
+from core.config import Settings
+from core.layout import JOB_ID
+from core.queue import JobQueue
+from core.schemas import ErrorBody
+from core.store import JobRecord, JobStore
 
 AUTH_RESPONSES: dict[int | str, dict[str, Any]] = {
     401: {"model": ErrorBody, "description": "No API key, or an unknown one (when keys are configured).",

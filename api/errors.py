@@ -5,13 +5,13 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-import redis.exceptions
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import ValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from core.store import StoreUnavailable
 from dip_engine.errors import InputError
 
 log = logging.getLogger(__name__)
@@ -85,12 +85,12 @@ def install_error_handlers(app: FastAPI) -> None:
     async def _input_error(request: Request, exc: InputError) -> JSONResponse:
         return error_response(422, exc.code, exc.message)
 
-    @app.exception_handler(redis.exceptions.ConnectionError)
-    @app.exception_handler(redis.exceptions.TimeoutError)
-    async def _redis_down(request: Request, exc: Exception) -> JSONResponse:
-        log.warning("Redis unavailable: %s", exc)
-        return error_response(503, "unavailable", "the job store (Redis) is unreachable; retry shortly",
-                              headers={"Retry-After": "5"})
+    @app.exception_handler(StoreUnavailable)
+    async def _store_down(request: Request, exc: Exception) -> JSONResponse:
+        # Unreachable, or refusing writes for now (full, a replica during a failover): 503, never 500.
+        log.warning("job store unavailable: %s", exc)
+        return error_response(503, "unavailable", "the job store (Redis) is unreachable or refuses writes for "
+                              "now; retry shortly", headers={"Retry-After": "5"})
 
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception) -> JSONResponse:

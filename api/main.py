@@ -9,15 +9,15 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 
 import dip_engine
-from api.config import Settings, get_settings
 from api.deps import document_access
 from api.errors import install_error_handlers
-from api.queue import JobQueue
 from api.request_guard import RequestGuard
 from api.routes import events, health, jobs, results, webhooks
 from api.routes.page import install_page
-from api.store import JobStore, check_eviction_policy
-from api.webhooks import document_webhooks
+from core.config import Settings, get_settings
+from core.queue import JobQueue
+from core.store import JobStore, check_eviction_policy
+from core.webhooks import document_webhooks
 
 log = logging.getLogger(__name__)
 

@@ -1,6 +1,6 @@
 """Prometheus exposition of the service's state, read from Redis at scrape time.
 
-Each scrape builds its own registry from a :class:`~api.store.StoreStats`,
+Each scrape builds its own registry from a :class:`~core.store.StoreStats`,
 so no metric state lives in the process: every API replica reports the same
 numbers, and they survive API restarts.
 """
@@ -13,7 +13,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_l
 from prometheus_client.core import GaugeMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from api.store import JobStatus, StoreStats
+from core.store import JobStatus, StoreStats
 
 CONTENT_TYPE = CONTENT_TYPE_LATEST
 

@@ -26,20 +26,18 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-import redis.exceptions
 from fastapi import Request
 from starlette.concurrency import run_in_threadpool
 
-from api.config import Settings
 from api.errors import ApiError
-from api.layout import INPUT_FIELDS, STAGING_DIR, input_file_name, job_dir, new_job_id
-from api.queue import BrokerUnavailable, JobQueue
-from api.schemas import JobCreate
-from api.store import JobRecord, JobStore
-from api.store.jobs import QueueFull
-from api.store.webhooks import subscribe
 from api.uploads import receive_form
-from api.webhooks import InvalidWebhook, WebhookSubscription, subscription_from_form, webhook_form_fields
+from core.config import Settings
+from core.layout import INPUT_FIELDS, STAGING_DIR, input_file_name, job_dir, new_job_id
+from core.queue import BrokerUnavailable, JobQueue
+from core.schemas import JobCreate
+from core.store import JobRecord, JobStore, StoreError
+from core.store.jobs import QueueFull
+from core.webhooks import InvalidWebhook, WebhookSubscription, subscription_from_form, webhook_form_fields
 from dip_engine.errors import InputError
 from dip_engine.io import ImageInfo, inspect_image, load_kernel
 from dip_engine.validation import check_inputs, validate_spec
@@ -122,7 +120,7 @@ async def submit_job(request: Request, *, settings: Settings, store: JobStore, q
         record = await store.get(winner)
         if winner == job_id:
             if webhook is not None:  # before the message: the worker's events must find it
-                await subscribe(store.client, store.keys, job_id, webhook)
+                await store.subscribe_webhook(job_id, webhook)
             await run_in_threadpool(queue.enqueue, job_id, time_limit_s=settings.job_time_limit_s,
                                     kill_after_s=max(1, settings.hard_time_limit_s - settings.soft_time_limit_s))
     except QueueFull as exc:
@@ -184,7 +182,7 @@ async def _confirm_dispatch(store: JobStore, job_id: str) -> None:
     # sent once more after the grace, and the worker that gets it second drops it.
     try:
         await store.confirm_dispatch(job_id)
-    except redis.exceptions.RedisError as exc:
+    except StoreError as exc:
         log.warning("job %s: dispatch not confirmed (%s); a reaper will send it again", job_id, exc)
 
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from fastapi import Request
 
-from api.schemas import JobPublic
-from api.store import JobRecord
+from core.schemas import JobPublic
+from core.store import JobRecord
 
 
 def job_url(request: Request, job_id: str) -> str:

@@ -47,7 +47,7 @@ from PIL import Image
 REPO_ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO_ROOT))
 
-from stack.process import free_port  # noqa: E402
+from core.process import free_port  # noqa: E402
 from stack.supervisor import is_loopback  # noqa: E402
 
 TERMINAL = ("succeeded", "failed", "canceled")

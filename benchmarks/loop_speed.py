@@ -23,7 +23,7 @@ from dip_engine.fit import fit
 from dip_engine.hardware import resolve_precision
 from dip_engine.nets import build_from_config
 from dip_engine.physics import Denoising
-from dip_engine.presets import preset_config
+from dip_engine.problems import preset_config
 from dip_engine.restore import make_input, pick_device
 
 

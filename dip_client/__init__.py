@@ -22,7 +22,7 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from api.schemas import (
+    from core.schemas import (
         ErrorBody,
         HistoryPoint,
         JobList,
@@ -39,7 +39,7 @@ if TYPE_CHECKING:
 
 _HOMES = {
     **dict.fromkeys(("ErrorBody", "HistoryPoint", "JobList", "JobPublic", "JobStatus", "Snapshot",
-                     "SnapshotPage"), "api.schemas"),
+                     "SnapshotPage"), "core.schemas"),
     "Retry": "dip_client._core",
     "AsyncClient": "dip_client.client", "Client": "dip_client.client",
     **dict.fromkeys(("AuthError", "DipConnectionError", "DipError", "NotFoundError"), "dip_client.errors"),

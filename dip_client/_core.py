@@ -23,7 +23,7 @@ import numpy as np
 from PIL import Image
 from pydantic import BaseModel, TypeAdapter
 
-from api.schemas import HistoryPoint, JobList, JobPublic, SnapshotPage
+from core.schemas import HistoryPoint, JobList, JobPublic, SnapshotPage
 
 from .errors import error_from
 
@@ -35,7 +35,7 @@ ImageInput = str | os.PathLike[str] | bytes | Image.Image | np.ndarray
 DEFAULT_URL = "http://127.0.0.1:8000"
 IDEMPOTENCY_HEADER = "Idempotency-Key"
 RETRY_STATUSES = frozenset({429, 503})
-# The API accepts these uploads beside `image` (api.layout.INPUT_FIELDS).
+# The API accepts these uploads beside `image` (core.layout.INPUT_FIELDS).
 FILE_FIELDS = ("mask", "reference", "kernel")
 # The server pings an open event stream every 15 s: silence past this means a dead connection.
 STREAM_READ_TIMEOUT_S = 45.0

@@ -35,19 +35,18 @@ def _add_job_id(parser: argparse.ArgumentParser) -> None:
 
 
 def add_submit(parser: argparse.ArgumentParser) -> None:
-    from dip_engine.spec import PRESETS, SCALES, TASKS
+    # The job's options are dip restore's, from the same table (RestoreSpec), but the device:
+    # the worker's to choose.
+    from dip_engine.cli import add_spec_arguments
+    from dip_engine.spec import TASKS
 
     parser.add_argument("image", metavar="IMAGE", help="the image to restore (PNG, JPEG...)")
     parser.add_argument("--task", required=True, choices=TASKS, help="what to restore")
-    parser.add_argument("--mask", metavar="FILE", help="inpaint: white = known pixel, black = to fill")
+    groups = {"mask": parser.add_mutually_exclusive_group(), "kernel": parser.add_mutually_exclusive_group()}
+    groups["mask"].add_argument("--mask", metavar="FILE", help="inpaint: white = known pixel, black = to fill")
+    groups["kernel"].add_argument("--kernel", metavar="FILE", help="deblur: the blur kernel as a grayscale image")
     parser.add_argument("--reference", metavar="FILE", help="clean image the size of the output, for PSNR")
-    parser.add_argument("--kernel", metavar="FILE", help="deblur: the blur kernel as a grayscale image")
-    parser.add_argument("--scale", type=int, choices=SCALES, help="superres: the factor (default 4)")
-    parser.add_argument("--preset", choices=PRESETS, help="hyperparameter preset (default fast)")
-    parser.add_argument("--iterations", type=int, metavar="N", help="optimisation steps (server cap applies)")
-    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", type=_key_value,
-                        help="any other job parameter, e.g. --set add_noise_sigma=25 (repeatable; "
-                             "see the API's POST /v1/jobs form)")
+    add_spec_arguments(parser, groups=groups, service_only=True)
     parser.add_argument("--wait", action="store_true",
                         help="follow the job until it ends, with a progress line on stderr")
     parser.add_argument("--out", metavar="DIR", help="when it ends, download its files here (implies --wait)")
@@ -74,26 +73,22 @@ def add_cancel(parser: argparse.ArgumentParser) -> None:
 
 
 def add_jobs(parser: argparse.ArgumentParser) -> None:
-    # Spelled out: api.store would load redis just to build `dip --help`.
+    # Spelled out: core.store would load redis just to build `dip --help`.
     statuses = ("queued", "running", "succeeded", "failed", "canceled")
     parser.add_argument("--status", choices=statuses, help="only jobs in this status")
     parser.add_argument("--limit", type=int, default=20, help="how many, newest first (1-100, default 20)")
     _add_connection(parser)
 
 
-def _key_value(text: str) -> tuple[str, str]:
-    key, sep, value = text.partition("=")
-    if not sep or not key.strip():
-        raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {text!r}")
-    return key.strip(), value.strip()
-
-
 # -- runs -----------------------------------------------------------------------------
 
 
 def run_submit(args: argparse.Namespace) -> int:
-    params: dict[str, Any] = {"scale": args.scale, "preset": args.preset, "iterations": args.iterations,
-                              **dict(args.set)}
+    from dip_engine.spec import request_fields
+
+    params: dict[str, Any] = {each.name: value for each in request_fields()
+                              if each.param.service and each.name != "task"
+                              and (value := getattr(args, each.name, None)) is not None}
 
     def submit(client: Client) -> int:
         job = client.submit(args.image, task=args.task, mask=args.mask, reference=args.reference,
@@ -157,7 +152,7 @@ def _with_client(command: str, args: argparse.Namespace, body: Callable[[Client]
     except DipError as exc:
         print(f"dip {command}: error: {exc}", file=sys.stderr)
         return EXIT_BAD_INPUT if exc.is_client_error else EXIT_FAILED
-    except (OSError, ValueError, TypeError) as exc:  # a missing or unreadable file, a bad --set value
+    except (OSError, ValueError, TypeError) as exc:  # a missing or unreadable file, a value the client refuses
         print(f"dip {command}: error: {exc}", file=sys.stderr)
         return EXIT_BAD_INPUT
     except TimeoutError as exc:

@@ -17,7 +17,7 @@ import httpx
 from PIL import Image
 from typing_extensions import Self
 
-from api.schemas import HistoryPoint, JobList, JobPublic, SnapshotPage
+from core.schemas import HistoryPoint, JobList, JobPublic, SnapshotPage
 
 from ._core import (
     Call,

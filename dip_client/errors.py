@@ -7,7 +7,7 @@ from typing import Any
 import httpx
 from pydantic import ValidationError
 
-from api.schemas import ErrorBody
+from core.schemas import ErrorBody
 
 __all__ = ["AuthError", "DipConnectionError", "DipError", "NotFoundError", "error_from"]
 

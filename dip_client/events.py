@@ -1,6 +1,6 @@
 """A job's Server-Sent Events: decoding them, and folding them into the job they describe.
 
-Events are the API's own :class:`~api.store.JobEvent` (``id``, ``type``, ``data``), as the
+Events are the API's own :class:`~core.store.JobEvent` (``id``, ``type``, ``data``), as the
 server stores and sends them; no separate client-side model.
 """
 
@@ -9,8 +9,8 @@ from __future__ import annotations
 import json
 from collections.abc import Iterable, Iterator
 
-from api.schemas import JobError, JobPublic, Metrics, Progress, Snapshot
-from api.store import EventType, JobEvent, JobStatus
+from core.schemas import JobError, JobPublic, Metrics, Progress, Snapshot
+from core.store import EventType, JobEvent, JobStatus
 
 __all__ = ["EventType", "Follower", "JobEvent", "SSEDecoder", "is_terminal", "snapshot_of"]
 

@@ -10,9 +10,11 @@ import argparse
 import json
 import sys
 from pathlib import Path
+from types import UnionType
+from typing import Any, Literal, Union, get_args, get_origin
 
 from .problems import PROBLEMS
-from .spec import PRESETS, SCALES, TASKS
+from .spec import SCALES, TASKS, RestoreSpec, request_fields
 
 EXIT_BAD_INPUT = 2
 
@@ -25,43 +27,19 @@ class ArgumentParser(argparse.ArgumentParser):
 
 
 def add_restore_arguments(parser: argparse.ArgumentParser) -> None:
-    """Add ``dip restore``'s arguments to ``parser``."""
+    """Add ``dip restore``'s arguments to ``parser``: the request's fields come from
+    :class:`~dip_engine.spec.RestoreSpec`, the files and local options are the command's own."""
     parser.add_argument("task", choices=TASKS, help="what to restore: " + "; ".join(
         f"{name}: {problem.description}" for name, problem in PROBLEMS.items()))
     parser.add_argument("input", type=Path, help="the degraded image (or a clean one with --add-noise / --from-hr / "
                         "--drop-fraction / --from-sharp / --jpeg-quality)")
-    masks = parser.add_mutually_exclusive_group()
-    masks.add_argument("--mask", type=Path, help="inpainting mask, white = known pixel")
-    masks.add_argument("--drop-fraction", type=float, metavar="P", help="inpainting: drop a random fraction P of the input's pixels")
-    kernels = parser.add_mutually_exclusive_group()
-    kernels.add_argument("--kernel", type=Path, help="deblurring: the blur kernel as a grayscale image")
-    kernels.add_argument("--blur-sigma", type=float, metavar="S", help="deblurring: a Gaussian blur of S px")
-    parser.add_argument("--from-sharp", action="store_true",
-                        help="deblurring: the input is sharp; blur it first (and add --add-noise after)")
-    parser.add_argument("--jpeg-quality", type=int, metavar="Q",
-                        help="dejpeg: the input is clean; compress it as a JPEG of quality Q first")
+    groups = {"mask": parser.add_mutually_exclusive_group(), "kernel": parser.add_mutually_exclusive_group()}
+    groups["mask"].add_argument("--mask", type=Path, help="inpainting mask, white = known pixel")
+    groups["kernel"].add_argument("--kernel", type=Path, help="deblurring: the blur kernel as a grayscale image")
     parser.add_argument("--reference", type=Path, help="clean image to measure PSNR/SSIM against")
-    parser.add_argument("--add-noise", type=float, metavar="SIGMA", dest="add_noise_sigma",
-                        help="denoising (and deblurring with --from-sharp): add Gaussian noise of SIGMA "
-                        "(0-255 scale) to a clean input")
-    parser.add_argument("--noise-sigma", type=float, metavar="SIGMA",
-                        help="the input's noise level (0-255 scale) if known, 0 for noise-free; early stopping "
-                        "waits until the fit reaches it (default: estimated from the image)")
-    parser.add_argument("--from-hr", action="store_true", help="super-resolution: the input is high-resolution; downsample it first")
-    parser.add_argument("--scale", type=int, default=4, choices=SCALES, help="super-resolution factor (default 4)")
-    parser.add_argument("--preset", choices=PRESETS, default="fast",
-                        help="fast (default): sized for a CPU; quality: the paper's networks with our loop; "
-                        "paper: the published protocol exactly (fixed iterations, raw output)")
-    parser.add_argument("--iterations", type=int, help="iteration cap (default: the preset's)")
-    parser.add_argument("--early-stop", choices=("auto", "off"), help="ES-WMV early stopping (default auto)")
-    parser.add_argument("--log-every", type=int, help="iterations between logged points")
-    parser.add_argument("--snapshot-every", type=int, help="iterations between snapshot PNGs")
+    add_spec_arguments(parser, groups=groups)
     parser.add_argument("--checkpoint-every", type=int, default=200,
                         help="iterations between resumable checkpoints (0: none; default 200)")
-    parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
-    parser.add_argument("--deterministic", action="store_true",
-                        help="GPU: repeatable seeded runs (deterministic cuDNN, no autotuning; slower)")
-    parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", type=Path, default=Path("out"), help="output directory (default ./out)")
     parser.add_argument("--set", action="append", default=[], metavar="PATH=VALUE", dest="overrides",
                         help="override any preset field, e.g. --set fit.lr=0.005 --set net.channels=96 (repeatable)")
@@ -69,21 +47,51 @@ def add_restore_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
+def add_spec_arguments(parser: argparse.ArgumentParser, *, groups: dict[str, Any] | None = None,
+                       service_only: bool = False) -> None:
+    """One option per field of :class:`~dip_engine.spec.RestoreSpec` but ``task`` (``dest`` is the
+    field's name); ``service_only`` leaves out what a job may not set (the device)."""
+    for each in request_fields():
+        if each.name == "task" or (service_only and not each.param.service):
+            continue
+        target = (groups or {}).get(each.param.group, parser)
+        flag = each.param.flag or "--" + each.name.replace("_", "-")
+        text = each.param.help + (f" (default {each.default})" if each.default not in (None, False) else "")
+        choices = _choices(each.type)
+        if each.type is bool:
+            target.add_argument(flag, dest=each.name, action="store_true", help=text)
+        elif choices:
+            target.add_argument(flag, dest=each.name, choices=choices, default=each.default, help=text)
+        else:
+            kind = int if int in _members(each.type) else float
+            target.add_argument(flag, dest=each.name, type=kind, default=each.default, metavar=each.param.metavar,
+                                choices=SCALES if each.name == "scale" else None, help=text)
+
+
+def spec_from_args(args: argparse.Namespace, **fixed: Any) -> RestoreSpec:
+    """The request ``args`` (parsed with :func:`add_spec_arguments`) describe; ``fixed`` wins."""
+    values = {each.name: getattr(args, each.name) for each in request_fields() if hasattr(args, each.name)}
+    return RestoreSpec(**{**values, **fixed})
+
+
+def _members(hint: Any) -> tuple[Any, ...]:
+    return get_args(hint) if get_origin(hint) in (Union, UnionType) else (hint,)
+
+
+def _choices(hint: Any) -> tuple[Any, ...]:
+    for member in _members(hint):
+        if get_origin(member) is Literal:
+            return get_args(member)
+    return ()
+
+
 def run_restore(args: argparse.Namespace) -> int:
     """Run ``dip restore`` for parsed ``args``; returns the exit status."""
     from .callbacks import ProgressBar
     from .errors import InputError
     from .restore import RestoreInputs, restore
-    from .spec import RestoreSpec
-
     try:
-        spec = RestoreSpec(
-            task=args.task, scale=args.scale, from_hr=args.from_hr, add_noise_sigma=args.add_noise_sigma,
-            drop_fraction=args.drop_fraction, blur_sigma=args.blur_sigma, from_sharp=args.from_sharp,
-            jpeg_quality=args.jpeg_quality, noise_sigma=args.noise_sigma, preset=args.preset, iterations=args.iterations,
-            log_every=args.log_every, snapshot_every=args.snapshot_every, early_stop=args.early_stop,
-            seed=args.seed, device=args.device, deterministic=args.deterministic,
-        )
+        spec = spec_from_args(args)
         if args.checkpoint_every < 0:
             raise InputError("invalid_parameter", f"--checkpoint-every must be >= 0, got {args.checkpoint_every}")
         overrides = dict(_parse_override(item) for item in args.overrides)

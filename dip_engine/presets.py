@@ -1,4 +1,7 @@
-"""The building blocks of the presets, and how a request's overrides apply (torch-free).
+"""The building blocks of the presets, and how a request's ``--set`` overrides apply (torch-free).
+
+A task's presets themselves are in its entry of the task table; ``problems.preset_config``
+and ``problems.resolve`` look them up.
 
 Three presets, each a function per task in :data:`dip_engine.problems.PROBLEMS`:
 
@@ -19,11 +22,10 @@ from __future__ import annotations
 from dataclasses import replace
 
 from .config import EarlyStopConfig, FitConfig, NetConfig, RunConfig
-from .spec import PresetName, RestoreSpec, TaskName
 
 __all__ = [
     "FAST_NET", "FAST_STOP", "HOLES_NET", "HOURGLASS", "PAPER_STOP", "SNAIL_NET", "RunConfig",
-    "apply_overrides", "default_iterations", "fast_fit", "paper_fit", "preset_config", "resolve",
+    "apply_overrides", "fast_fit", "paper_fit",
 ]
 
 # The paper's hourglass: 5 levels of 128 channels, skips of 4 (denoising, super-resolution,
@@ -61,50 +63,6 @@ def paper_fit(*, iterations: int, reg_noise_std: float, lr: float = 0.01, averag
                      ema=0.99 if averaged else 0.0, ema_start="first",
                      backtrack_db=5.0 if backtracking else None, backtrack_rule="reference",
                      early_stop=None, output="raw", log_every=100, precision="auto", channels_last=True)
-
-
-def preset_config(preset: PresetName, task: TaskName, *, scale: int = 4, scattered: bool = False) -> RunConfig:
-    """The preset's configuration for a task.
-
-    ``scattered`` selects the random-missing-pixels variant of inpainting
-    (as opposed to text or hole masks).
-
-    Raises:
-        ValueError: an unknown preset or task.
-    """
-    from .problems import get_problem
-
-    problem = get_problem(task)
-    if preset not in problem.presets:
-        raise ValueError(f"preset must be one of {sorted(problem.presets)}, got {preset!r}")
-    return problem.presets[preset](RestoreSpec(task=task, scale=scale, preset=preset), scattered)
-
-
-def resolve(spec: RestoreSpec, *, scattered: bool = False) -> RunConfig:
-    """The preset's configuration with the request's overrides applied."""
-    run = preset_config(spec.preset, spec.task, scale=spec.scale, scattered=scattered)
-    fit = run.fit
-    changes: dict[str, object] = {}
-    if spec.iterations is not None:
-        changes["iterations"] = spec.iterations
-    if spec.log_every is not None:
-        changes["log_every"] = spec.log_every
-    elif spec.iterations is not None:
-        changes["log_every"] = max(1, min(fit.log_every, spec.iterations // 20 or 1))
-    if spec.snapshot_every is not None:
-        changes["snapshot_every"] = spec.snapshot_every
-    if spec.early_stop == "off":
-        changes["early_stop"] = None
-    elif spec.early_stop == "auto" and fit.early_stop is None:
-        changes["early_stop"] = PAPER_STOP
-    return replace(run, fit=replace(fit, **changes))
-
-
-def default_iterations(spec: RestoreSpec) -> int:
-    """The iteration cap a request will run with (for progress before the run starts)."""
-    return spec.iterations if spec.iterations is not None else preset_config(
-        spec.preset, spec.task, scale=spec.scale, scattered=spec.drop_fraction is not None
-    ).fit.iterations
 
 
 def apply_overrides(run: RunConfig, overrides: dict[str, object]) -> RunConfig:

@@ -25,7 +25,7 @@ from .errors import InputError
 from .io import LoadedImage, load_image, load_kernel, load_mask, resize_image
 from .presets import FAST_NET, HOLES_NET, HOURGLASS, PAPER_STOP, SNAIL_NET, fast_fit, paper_fit
 from .seeding import numpy_rng
-from .spec import RestoreSpec, TaskName
+from .spec import PresetName, RestoreSpec, TaskName
 
 if TYPE_CHECKING:
     import torch
@@ -450,3 +450,48 @@ def build_measurement(
         raise InputError("invalid_parameter", "a reference is not needed: the synthetic degradation already scores "
                          "against the clean input")
     return measurement
+
+
+# -- a request's configuration: its preset, from the table, with its overrides ---------------------
+
+
+def preset_config(preset: PresetName, task: TaskName, *, scale: int = 4, scattered: bool = False) -> RunConfig:
+    """The preset's configuration for a task.
+
+    ``scattered`` selects the random-missing-pixels variant of inpainting
+    (as opposed to text or hole masks).
+
+    Raises:
+        ValueError: an unknown preset or task.
+    """
+    problem = get_problem(task)
+    if preset not in problem.presets:
+        raise ValueError(f"preset must be one of {sorted(problem.presets)}, got {preset!r}")
+    return problem.presets[preset](RestoreSpec(task=task, scale=scale, preset=preset), scattered)
+
+
+def resolve(spec: RestoreSpec, *, scattered: bool = False) -> RunConfig:
+    """The preset's configuration with the request's overrides applied."""
+    run = preset_config(spec.preset, spec.task, scale=spec.scale, scattered=scattered)
+    fit = run.fit
+    changes: dict[str, object] = {}
+    if spec.iterations is not None:
+        changes["iterations"] = spec.iterations
+    if spec.log_every is not None:
+        changes["log_every"] = spec.log_every
+    elif spec.iterations is not None:
+        changes["log_every"] = max(1, min(fit.log_every, spec.iterations // 20 or 1))
+    if spec.snapshot_every is not None:
+        changes["snapshot_every"] = spec.snapshot_every
+    if spec.early_stop == "off":
+        changes["early_stop"] = None
+    elif spec.early_stop == "auto" and fit.early_stop is None:
+        changes["early_stop"] = PAPER_STOP
+    return replace(run, fit=replace(fit, **changes))
+
+
+def default_iterations(spec: RestoreSpec) -> int:
+    """The iteration cap a request will run with (for progress before the run starts)."""
+    return spec.iterations if spec.iterations is not None else preset_config(
+        spec.preset, spec.task, scale=spec.scale, scattered=spec.drop_fraction is not None
+    ).fit.iterations

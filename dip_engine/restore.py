@@ -33,8 +33,8 @@ from .metrics import psnr, psnr_y, ssim
 from .nets import build_from_config
 from .noise import NOISE_FREE_SIGMA, estimate_noise_sigma
 from .plots import plot_curves
-from .presets import apply_overrides, resolve
-from .problems import Measurement, OperatorData, build_measurement, get_problem
+from .presets import apply_overrides
+from .problems import Measurement, OperatorData, build_measurement, get_problem, resolve
 from .seeding import stream_seed, torch_generator
 from .spec import RestoreSpec
 from .validation import validate_spec

@@ -71,7 +71,7 @@ def validate_spec(spec: RestoreSpec, *, max_iterations: int = 20000) -> None:
              f"jpeg_quality must be an int in 1..95, got {quality!r}")
 
     if spec.preset in PRESETS and _is_int(spec.scale) and spec.scale in SCALES:
-        from dip_engine.presets import default_iterations
+        from dip_engine.problems import default_iterations
 
         iterations = default_iterations(spec)
         for name, cap in (("log_every", MAX_HISTORY_POINTS), ("snapshot_every", MAX_SNAPSHOT_REQUESTS)):

@@ -61,7 +61,7 @@ def _add_api(parser: argparse.ArgumentParser) -> None:
 def _run_api(args: argparse.Namespace) -> int:
     import uvicorn
 
-    from api.config import get_settings
+    from core.config import get_settings
     from stack.supervisor import access_line, open_bind_refusal
 
     settings = get_settings()
@@ -116,7 +116,7 @@ def worker_argv(args: argparse.Namespace, *, queue: str, concurrency: int, pytho
 
 
 def _run_worker(args: argparse.Namespace) -> int:
-    from api.config import get_settings
+    from core.config import get_settings
 
     settings = get_settings()
     argv = worker_argv(args, queue=settings.queue, concurrency=settings.worker_concurrency)
@@ -138,7 +138,7 @@ def _add_serve(parser: argparse.ArgumentParser) -> None:
 
 
 def _run_serve(args: argparse.Namespace) -> int:
-    from api.config import get_settings
+    from core.config import get_settings
     from stack.redis_server import RedisStartError
     from stack.supervisor import Supervisor, default_children, open_bind_refusal
 

@@ -24,7 +24,7 @@ import redis
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
-from stack.process import (
+from core.process import (
     free_port,
     kill_group,
     pid_alive,

@@ -26,8 +26,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType
 
-from api.config import Settings
-from stack.process import free_port, kill_group, port_is_free, spawn
+from core.config import Settings
+from core.process import free_port, kill_group, port_is_free, spawn
 from stack.redis_server import RedisServer, RedisStartError
 
 log = logging.getLogger(__name__)

@@ -18,14 +18,12 @@ import time
 from pathlib import Path
 from typing import Any
 
-import redis.exceptions
 from PIL import Image
 
-from api.config import Settings
-from api.layout import job_dir
-from api.store import Claim, ClaimOutcome, JobRecord, JobStatus, WorkerStore
+from core.config import Settings
+from core.layout import job_dir
+from core.store import Claim, ClaimOutcome, JobRecord, JobStatus, StoreUnavailable, WorkerStore
 from dip_engine.io import IMAGE_FORMATS
-from worker.outage import refused_for_now
 
 log = logging.getLogger(__name__)
 
@@ -86,9 +84,7 @@ def gather(store: WorkerStore, leader: Claim, settings: Settings, *, worker: str
             if time.monotonic() >= deadline:
                 return joined
             time.sleep(POLL_S)
-    except redis.exceptions.RedisError as exc:
-        if not refused_for_now(exc):
-            raise
+    except StoreUnavailable as exc:
         # The claimed jobs are held and run; any others wait for a worker of their own.
         log.warning("job %s: Redis unreachable while looking for jobs to batch with it (%s); running %d",
                     leader.record.id, exc, len(joined) + 1)

@@ -24,9 +24,8 @@ import time
 from collections.abc import Callable
 from types import TracebackType
 
-import redis.exceptions
 
-from api.store import Renewal, WorkerStore
+from core.store import Renewal, StoreError, WorkerStore
 
 log = logging.getLogger(__name__)
 
@@ -124,7 +123,7 @@ class LeaseKeeper:
         sent = self._clock()
         try:
             renewal = self._store.renew(self.job_id, token=self.token, lease_s=self._lease_s)
-        except redis.exceptions.RedisError as exc:
+        except StoreError as exc:
             log.warning("job %s: could not renew its lease (%s); retrying in %.1f s", self.job_id, exc,
                         self._interval_s)
             return

@@ -25,14 +25,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import redis.exceptions
 from celery import bootsteps
 from celery.signals import worker_shutting_down
 
-from api.config import Settings
-from api.layout import JOB_ID, STAGING_DIR, job_dir
-from api.store import WorkerStore, check_eviction_policy
-from api.store.health import clear_unhealthy
+from core.config import Settings
+from core.layout import JOB_ID, STAGING_DIR, job_dir
+from core.store import StoreError, WorkerStore, check_eviction_policy
 from worker.recovery import Send, reap, worker_sender
 from worker.webhooks import Deliverer
 
@@ -130,8 +128,8 @@ class Maintenance(bootsteps.StartStopStep):
         self._check_eviction(settings)
         self._name = worker.hostname
         try:  # a worker restarted under the same name starts healthy (worker.failures)
-            clear_unhealthy(self._store.client, self._store.keys, self._name)
-        except redis.exceptions.RedisError as exc:
+            self._store.clear_unhealthy(self._name)
+        except StoreError as exc:
             log.warning("could not clear this worker's health entry: %s", exc)
         self._results_dir = settings.results_dir
         self._send = worker_sender(worker.app, settings)
@@ -155,7 +153,7 @@ class Maintenance(bootsteps.StartStopStep):
     def _check_eviction(self, settings: Settings) -> None:
         try:
             policy = self._store.maxmemory_policy()  # type: ignore[union-attr]
-        except redis.exceptions.RedisError as exc:
+        except StoreError as exc:
             log.warning("could not read Redis's eviction policy (%s); checked again at the next start", exc)
             return
         try:
@@ -175,7 +173,7 @@ class Maintenance(bootsteps.StartStopStep):
         if self._store is not None:
             try:
                 self._store.sign_off(self._name)
-            except redis.exceptions.RedisError as exc:
+            except StoreError as exc:
                 log.warning("could not sign off: %s", exc)
             self._store.close()
             self._store = None
@@ -183,7 +181,7 @@ class Maintenance(bootsteps.StartStopStep):
     def _beat(self) -> None:
         try:
             self._store.heartbeat(self._name)
-        except redis.exceptions.RedisError as exc:
+        except StoreError as exc:
             log.warning("heartbeat failed: %s", exc)
 
     def _reap(self) -> None:
@@ -209,7 +207,7 @@ class Maintenance(bootsteps.StartStopStep):
         try:
             store.set_draining(f"{self._name}:{os.getpid()}")
             log.info("shutting down: running jobs hand themselves back")
-        except redis.exceptions.RedisError as exc:
+        except StoreError as exc:
             log.warning("could not tell running jobs to hand themselves back (%s); "
                         "they run on until the worker is stopped", exc)
         finally:
@@ -218,7 +216,7 @@ class Maintenance(bootsteps.StartStopStep):
     def _sweep(self) -> None:
         try:
             report = sweep(self._store, self._results_dir)
-        except (redis.exceptions.RedisError, OSError) as exc:
+        except (StoreError, OSError) as exc:
             log.warning("retention sweep failed: %s", exc)
             return
         if report.expired_jobs or report.orphan_dirs or report.orphans_kept:

@@ -28,15 +28,13 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
-import redis.exceptions
 
-from api.layout import snapshot_file_name, snapshot_order
-from api.schemas import Metrics, Progress
-from api.store import RunState, WorkerStore
+from core.layout import snapshot_file_name, snapshot_order
+from core.schemas import Metrics, Progress
+from core.store import RunState, StoreUnavailable, WorkerStore
 from dip_engine.callbacks import Callback, FitState
 from dip_engine.history import LogRecord
 from worker.lease import LeaseKeeper, LeaseLost
-from worker.outage import refused_for_now
 
 log = logging.getLogger(__name__)
 
@@ -224,9 +222,7 @@ class JobReporter(Callback):
             return None
         try:
             result = call()
-        except redis.exceptions.RedisError as exc:
-            if not refused_for_now(exc):
-                raise
+        except StoreUnavailable as exc:
             if not self._redis_away:
                 log.warning("job %s: Redis unreachable or refusing writes (%s); running on, progress is "
                             "written once it is back", self._job_id, exc)

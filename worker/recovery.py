@@ -17,8 +17,9 @@ from dataclasses import dataclass
 
 from celery import Celery
 
-from api.config import Settings
-from api.store import ReapOutcome, WorkerStore
+from core.config import Settings
+from core.queue import RESTORE_TASK
+from core.store import ReapOutcome, WorkerStore
 
 # send(job_id, dispatch_id, time_limit_s): publish a message that runs the job, with the
 # job's own wall-time limit (None: the workers' default).
@@ -52,8 +53,6 @@ def celery_sender(app: Celery, *, task: str, queue: str, kill_after_s: int) -> S
 def worker_sender(app: Celery, settings: Settings) -> Send:
     """The :data:`Send` of a worker: the restore task on the service's queue, with the
     same time limits as the API's first message."""
-    from worker.celery_app import RESTORE_TASK  # late: celery_app imports this module's users
-
     return celery_sender(app, task=RESTORE_TASK, queue=settings.queue,
                          kill_after_s=max(1, settings.hard_time_limit_s - settings.soft_time_limit_s))
 

@@ -9,25 +9,23 @@ from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
-import redis.exceptions
 from celery import Task, shared_task
 from celery.exceptions import Reject, SoftTimeLimitExceeded
 
-from api.config import Settings
-from api.layout import OUT_DIR, job_dir, output_file_name
-from api.schemas import JobCreate
-from api.store import Claim, ClaimOutcome, JobRecord, JobStatus, WorkerStore
-from api.store.health import mark_unhealthy
+from core.config import Settings
+from core.layout import OUT_DIR, job_dir, output_file_name
+from core.process import pid_alive
+from core.queue import RESTORE_TASK
+from core.schemas import JobCreate
+from core.store import Claim, ClaimOutcome, JobRecord, JobStatus, StoreError, StoreUnavailable, WorkerStore
 from dip_engine.errors import InputError
 from dip_engine.restore import RestoreInputs, RestoreLimits, RestoreRequest, RestoreResult, restore_batch
-from stack.process import pid_alive
 from worker.batching import gather
-from worker.celery_app import RESTORE_TASK
 from worker.failures import (DISK_FULL, OUT_OF_MEMORY, DeviceHealth, disk_full_error, is_out_of_memory,
                              out_of_memory_message, release_memory)
 from worker.fault_injection import HOLD_FILE, maybe_crash, maybe_fail, maybe_hold
 from worker.lease import LeaseKeeper, LeaseLost
-from worker.outage import refused_for_now, until_redis_answers
+from worker.outage import until_store_answers
 from worker.progress import JobReporter
 from worker.recovery import Send, dispatch, new_dispatch_id, worker_sender
 from worker.signals import select_device
@@ -112,10 +110,10 @@ def _claim_or_send_again(task: JobTask, job_id: str, *, node: str) -> Claim:
     settings = task.settings
     while True:
         try:
-            return until_redis_answers(lambda: _claim(task.store, job_id, node=node, settings=settings),
+            return until_store_answers(lambda: _claim(task.store, job_id, node=node, settings=settings),
                                        within_s=settings.redis_retry_s, what=f"the claim of job {job_id}")
-        except redis.exceptions.RedisError as exc:
-            transient = refused_for_now(exc)
+        except StoreError as exc:
+            transient = isinstance(exc, StoreUnavailable)
             if not transient and task.request.retries >= settings.max_attempts:
                 log.error("job %s: its claim failed %d times (%s); giving this message up, the job stays "
                           "queued", job_id, task.request.retries + 1, exc)
@@ -134,7 +132,7 @@ def _fail_unreadable(store: WorkerStore, job_id: str, claim: Claim, settings: Se
     """Fail a job claimed whose record cannot be parsed: no run can read it."""
     error = ("invalid_record", f"the job's stored record could not be read ({claim.unreadable})")
     log.error("job %s: %s; failed", job_id, error[1])
-    recorded = until_redis_answers(lambda: store.finish(job_id, JobStatus.failed, token=claim.token, error=error),
+    recorded = until_store_answers(lambda: store.finish(job_id, JobStatus.failed, token=claim.token, error=error),
                                    within_s=settings.redis_retry_s, what=f"the failure of job {job_id}")
     return JobStatus.failed.value if recorded else "lease_lost"
 
@@ -147,10 +145,9 @@ def _stop_taking_jobs(task: JobTask, node: str) -> None:
     log.error("worker %s stops taking jobs: %s. Queued jobs wait for other workers; restart this one once "
               "its device is fixed", node, reason)
     try:
-        until_redis_answers(lambda: mark_unhealthy(task.store.client, task.store.keys, node, reason=reason,
-                                                   since=health.tripped_at or 0.0),
+        until_store_answers(lambda: task.store.mark_unhealthy(node, reason=reason, since=health.tripped_at or 0.0),
                             within_s=settings.redis_retry_s, what=f"the health of worker {node}")
-    except redis.exceptions.RedisError as exc:
+    except StoreError as exc:
         log.warning("worker %s: could not publish that it stopped taking jobs (%s)", node, exc)
     try:  # through the broker to this worker's main process, which owns the consumer
         task.app.control.cancel_consumer(settings.queue, destination=[node])
@@ -293,7 +290,7 @@ def _end(store: WorkerStore, lease: LeaseKeeper, reporter: JobReporter, director
     elif error is None:
         error = ("internal_error", "the run ended without a result")
     # The lease is still renewed while this waits out a Redis outage.
-    recorded = until_redis_answers(
+    recorded = until_store_answers(
         lambda: store.finish(job_id, status, token=lease.token, fields=fields, files=files, error=error),
         within_s=settings.redis_retry_s, what=f"the end of job {job_id}")
     if not recorded:
@@ -308,7 +305,7 @@ def _hand_back(store: WorkerStore, lease: LeaseKeeper, settings: Settings, send:
     """Re-queue a job stopped for the worker's shutdown (or a full disk), with a new message
     (its checkpoint is kept)."""
     dispatch_id = new_dispatch_id()
-    handed = until_redis_answers(
+    handed = until_store_answers(
         lambda: store.hand_back(lease.job_id, token=lease.token, dispatch_id=dispatch_id,
                                 dispatch_grace_s=settings.lease_s, reason=reason),
         within_s=settings.redis_retry_s, what=f"the hand-back of job {lease.job_id}")

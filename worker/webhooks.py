@@ -6,7 +6,7 @@ maintenance bootstep, reads each subscribed job's event stream and sends what
 it subscribed to, in order, so a slow or dead receiver costs the job nothing.
 
 Any worker's deliverer can continue a job's deliveries (the cursor and the
-retry schedule are in Redis, ``api.store.webhooks``); a per-job expiring lock
+retry schedule are in Redis, ``core.store.webhooks``); a per-job expiring lock
 keeps two from sending the same job's events at once. A failed delivery is
 retried after ``DIP_WEBHOOK_RETRY_BASE_S``, doubling up to an hour, until it
 has failed for ``DIP_WEBHOOK_GIVE_UP_S``; the job's later events are then
@@ -30,13 +30,11 @@ from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 import httpx
-import redis
-import redis.exceptions
 
-from api.config import Settings
-from api.store import EventType, JobEvent, JobRecord, JobStatus, Keys, WorkerStore
-from api.store.webhooks import Deliveries, DeliveryState, Pending, pending_json
-from api.webhooks import (CompletedData, CompletedPayload, DeliveryAttempt, ProgressData, ProgressPayload,
+from core.config import Settings
+from core.store import EventType, JobEvent, JobRecord, JobStatus, Keys, StoreError, WorkerStore
+from core.store.webhooks import DeliveryState, Pending, pending_json
+from core.webhooks import (CompletedData, CompletedPayload, DeliveryAttempt, ProgressData, ProgressPayload,
                           Resolver, SnapshotData, SnapshotPayload, StartedData, StartedPayload, WebhookEvent,
                           InvalidWebhook, check_target, secret_key, signed_headers)
 
@@ -193,10 +191,8 @@ class Deliverer:
         self._busy_lock = threading.Lock()
         # Long enough for a few deliveries; a holder that died frees the job within it.
         self._lock_ttl_s = 4 * settings.webhook_timeout_s + 30
-        client = redis.Redis.from_url(settings.redis_url, decode_responses=True, socket_connect_timeout=2,
-                                      socket_timeout=10, health_check_interval=30)
-        self._deliveries = Deliveries(client, self._keys, retention_s=settings.retention_s)
-        self._store = WorkerStore(client, retention_s=settings.retention_s, keys=self._keys)
+        self._store = WorkerStore.from_url(settings.redis_url, retention_s=settings.retention_s, keys=self._keys)
+        self._deliveries = self._store.deliveries()
 
     def start(self) -> None:
         self._pool = ThreadPoolExecutor(_THREADS, thread_name_prefix="webhook")
@@ -209,7 +205,7 @@ class Deliverer:
             self._thread.join(timeout_s)
         if self._pool is not None:
             self._pool.shutdown(wait=False, cancel_futures=True)
-        self._deliveries.client.close()
+        self._store.close()
 
     def _run(self) -> None:
         while not self._stopping.is_set():
@@ -220,7 +216,7 @@ class Deliverer:
                             continue
                         self._busy.add(job_id)
                     self._pool.submit(self._serve, job_id)  # type: ignore[union-attr]
-            except redis.exceptions.RedisError as exc:
+            except StoreError as exc:
                 log.warning("webhook deliverer: Redis unavailable (%s); trying again", exc)
                 self._stopping.wait(5.0)
             except RuntimeError:

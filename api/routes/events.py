@@ -10,17 +10,16 @@ from collections.abc import AsyncIterator
 from typing import Annotated, Any
 
 import anyio
-import redis.exceptions
 from fastapi import APIRouter, Header, Request
 from sse_starlette import EventSourceResponse, ServerSentEvent
 from starlette.types import Receive, Scope, Send
 
-from api.auth import Caller
 from api.deps import AUTH_RESPONSES, CallerDep, JobDep, SettingsDep, StoreDep
 from api.errors import ApiError
-from api.schemas import ErrorBody, Snapshot
-from api.store import EventType, JobStatus, JobStore, StreamLeases
 from api.views import job_url
+from core.auth import Caller
+from core.schemas import ErrorBody, Snapshot
+from core.store import EventType, JobStatus, JobStore, StoreUnavailable, StreamLeases
 
 log = logging.getLogger(__name__)
 
@@ -103,7 +102,7 @@ class _LeasedEventSource(EventSourceResponse):
             with anyio.move_on_after(_RELEASE_TIMEOUT_S, shield=True):
                 try:
                     await self._leases.release(self._holder, self._token)
-                except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError) as exc:
+                except StoreUnavailable as exc:
                     log.warning("could not give back an event stream's lease (it lapses in %.0f s): %s",
                                 self._leases.lease_s, exc)
 
@@ -112,7 +111,7 @@ class _LeasedEventSource(EventSourceResponse):
             await anyio.sleep(self._leases.lease_s / 3)
             try:
                 await self._leases.renew(self._holder, self._token)
-            except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError) as exc:
+            except StoreUnavailable as exc:
                 log.warning("could not renew an event stream's lease: %s", exc)
 
 
@@ -120,7 +119,7 @@ async def _events(store: JobStore, job_id: str, after: str, files_url: str) -> A
     try:
         async for event in _job_events(store, job_id, after, files_url):
             yield event
-    except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError) as exc:
+    except StoreUnavailable as exc:
         # The answer has started: no error status can be sent any more. Ending the
         # stream makes the client reconnect (EventSource does) and resume at its
         # Last-Event-ID, instead of the server failing the connection.

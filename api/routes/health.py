@@ -9,8 +9,7 @@ from fastapi import APIRouter, Response
 from api import metrics
 from api.deps import AUTH_RESPONSES, AdminDep, StoreDep
 from api.errors import ApiError
-from api.schemas import ErrorBody
-from api.store.health import unhealthy_workers
+from core.schemas import ErrorBody
 
 router = APIRouter(tags=["health"])
 
@@ -31,7 +30,7 @@ async def readyz(store: StoreDep) -> dict[str, Any]:
     (their device kept failing jobs), with why."""
     await store.ping()
     workers = await store.live_workers(max_age_s=WORKER_MAX_AGE_S)
-    unhealthy = await unhealthy_workers(store.client, store.keys, max_age_s=WORKER_MAX_AGE_S)
+    unhealthy = await store.unhealthy_workers(max_age_s=WORKER_MAX_AGE_S)
     if workers == 0:
         raise ApiError(503, "no_worker", f"no worker has sent a heartbeat in the last {WORKER_MAX_AGE_S:.0f} s",
                        headers={"Retry-After": "5"})

@@ -10,11 +10,11 @@ from starlette.concurrency import run_in_threadpool
 
 from api.deps import AUTH_RESPONSES, CallerDep, JobDep, QueueDep, SettingsDep, StoreDep
 from api.errors import ApiError, job_not_found
-from api.layout import job_dir
-from api.schemas import ErrorBody, JobList, JobPublic
-from api.store import InvalidCursor, JobStatus
 from api.submission import form_openapi, submit_job
 from api.views import job_url, present
+from core.layout import job_dir
+from core.schemas import ErrorBody, JobList, JobPublic
+from core.store import InvalidCursor, JobStatus
 
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"], responses=AUTH_RESPONSES)
 

@@ -11,9 +11,9 @@ from fastapi.responses import FileResponse
 
 from api.deps import AUTH_RESPONSES, JobDep, SettingsDep, StoreDep
 from api.errors import ApiError
-from api.layout import FILE_NAME, job_dir, snapshot_names, snapshot_order
-from api.schemas import ErrorBody, HistoryPoint, Snapshot, SnapshotPage
 from api.views import job_url
+from core.layout import FILE_NAME, job_dir, snapshot_names, snapshot_order
+from core.schemas import ErrorBody, HistoryPoint, Snapshot, SnapshotPage
 
 router = APIRouter(prefix="/v1/jobs", tags=["results"], responses=AUTH_RESPONSES)
 

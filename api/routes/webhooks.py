@@ -6,9 +6,8 @@ from fastapi import APIRouter
 
 from api.deps import AUTH_RESPONSES, JobDep, StoreDep
 from api.errors import ApiError
-from api.schemas import ErrorBody
-from api.store.webhooks import read_log
-from api.webhooks import WebhookLog
+from core.schemas import ErrorBody
+from core.webhooks import WebhookLog
 
 router = APIRouter(prefix="/v1/jobs", tags=["webhooks"], responses=AUTH_RESPONSES)
 
@@ -21,7 +20,7 @@ router = APIRouter(prefix="/v1/jobs", tags=["webhooks"], responses=AUTH_RESPONSE
 async def get_webhooks(job: JobDep, store: StoreDep) -> WebhookLog:
     """The webhook the job was submitted with, what was delivered, and the latest tries
     (status codes, errors), newest first."""
-    found = await read_log(store.client, store.keys, job.id)
+    found = await store.webhook_log(job.id)
     if found is None:
         raise ApiError(404, "not_found", f"job {job.id} has no webhook")
     return found

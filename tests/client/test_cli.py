@@ -25,7 +25,7 @@ def test_submit_wait_json_out_writes_the_result(idle_service: Any, pictures: Any
     image.write_bytes(pictures.png(pictures.smooth(32)))
     out = tmp_path / "out"
     done = dip(idle_service, "submit", str(image), "--task", "denoise", "--iterations", "20",
-               "--set", "log_every=5", "--wait", "--json", "--out", str(out))
+               "--log-every", "5", "--wait", "--json", "--out", str(out))
     assert done.returncode == 0, done.stderr
     job = json.loads(done.stdout)
     assert job["status"] == "succeeded" and job["params"]["log_every"] == 5

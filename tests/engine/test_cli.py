@@ -312,3 +312,36 @@ def test_plain_output_is_one_line_naming_the_result(inputs: dict[str, Path], tmp
     assert len(lines) == 1 and lines[0].startswith(f"wrote {out / 'dip_inpainted.png'} (completed after 2 iterations")
     assert "PSNR" in lines[0]  # dropped pixels of a clean input: the input is the reference
     assert (out / "dip_inpainted.png").exists()
+
+
+def test_the_options_and_the_api_form_are_one_declaration() -> None:
+    """``RestoreSpec``'s table makes both: every field is an option of ``dip restore`` and (but the
+    worker's device settings) a field of the API's form, with the same default and bounds."""
+    from dip_engine.cli import ArgumentParser, add_restore_arguments, spec_from_args
+    from dip_engine.spec import RestoreSpec, request_fields
+
+    parser = ArgumentParser(prog="dip restore")
+    add_restore_arguments(parser)
+    assert spec_from_args(parser.parse_args(["denoise", "x.png"])) == RestoreSpec(task="denoise")
+    args = parser.parse_args(["inpaint", "x.png", "--drop-fraction", "0.5", "--add-noise", "25", "--early-stop",
+                              "off", "--seed", "7", "--device", "cpu"])
+    assert spec_from_args(args) == RestoreSpec(task="inpaint", drop_fraction=0.5, add_noise_sigma=25.0,
+                                               early_stop="off", seed=7, device="cpu")
+    with pytest.raises(SystemExit):
+        parser.parse_args(["inpaint", "x.png", "--drop-fraction", "0.5", "--mask", "m.png"])  # one or the other
+
+    from core.schemas import JobCreate
+
+    form = JobCreate.model_json_schema()["properties"]
+    for each in request_fields():
+        if not each.param.service:
+            assert each.name not in form
+            continue
+        assert each.name in form, each.name
+        if not each.required:
+            assert JobCreate.model_fields[each.name].default == each.default
+        for bound, key in (("gt", "exclusiveMinimum"), ("ge", "minimum"), ("lt", "exclusiveMaximum"),
+                           ("le", "maximum")):
+            if getattr(each.param, bound) is not None:
+                numbers = [form[each.name], *form[each.name].get("anyOf", [])]
+                assert any(n.get(key) == getattr(each.param, bound) for n in numbers), (each.name, bound)

@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 
 from dip_engine.config import FitConfig
-from dip_engine.presets import default_iterations, preset_config, resolve
+from dip_engine.presets import apply_overrides
+from dip_engine.problems import default_iterations, preset_config, resolve
 from dip_engine.spec import PRESETS, SCALES, TASKS, RestoreSpec
 
 
@@ -103,7 +104,6 @@ def test_unknown_preset_is_refused_with_its_name() -> None:
 
 
 def test_overrides_set_any_field_by_dotted_path() -> None:
-    from dip_engine.presets import apply_overrides, preset_config
 
     run = apply_overrides(preset_config("fast", "denoise"),
                           {"fit.lr": "0.005", "net.channels": "96", "fit.early_stop.patience": 300, "fit.snapshot_every": "none"})
@@ -113,7 +113,6 @@ def test_overrides_set_any_field_by_dotted_path() -> None:
 
 
 def test_overrides_reproduce_the_library_set_up() -> None:
-    from dip_engine.presets import apply_overrides, preset_config
 
     # inpainting.ipynb, library.png (skip_depth6), through --set.
     run = apply_overrides(preset_config("paper", "inpaint"), {
@@ -136,7 +135,6 @@ def test_overrides_reproduce_the_library_set_up() -> None:
     ("fit.backtrack_rule", "sometimes", "backtrack_rule must be"),
 ])
 def test_overrides_reject_bad_paths_and_values(path: str, value: str, message: str) -> None:
-    from dip_engine.presets import apply_overrides, preset_config
 
     with pytest.raises(ValueError, match=message):
         apply_overrides(preset_config("fast", "denoise"), {path: value})

@@ -146,7 +146,7 @@ def test_the_table_has_every_task_and_every_preset() -> None:
 
 
 def test_an_unknown_task_is_an_error_everywhere() -> None:
-    from dip_engine.presets import preset_config
+    from dip_engine.problems import preset_config
     from dip_engine.problems import get_problem
 
     for call in (lambda: get_problem("colorize"), lambda: preset_config("fast", "colorize"),  # type: ignore[arg-type]

@@ -28,8 +28,8 @@ import pytest
 import redis
 from PIL import Image
 
-from api.store import Keys
-from stack.process import free_port, kill_group, spawn
+from core.process import free_port, kill_group, spawn
+from core.store import Keys
 from stack.redis_server import RedisServer
 
 REPO_ROOT = Path(__file__).resolve().parents[2]

@@ -12,7 +12,7 @@ import selectors
 import socket
 import threading
 
-from stack.process import free_port
+from core.process import free_port
 
 
 class TcpProxy:

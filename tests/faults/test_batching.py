@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from api.config import Settings
+from core.config import Settings
 
 pytestmark = pytest.mark.e2e
 

@@ -18,8 +18,8 @@ from typing import Any
 
 import pytest
 
-from api.config import Settings
-from api.layout import STAGING_DIR
+from core.config import Settings
+from core.layout import STAGING_DIR
 from worker.celery_app import create_celery_app
 
 from .conftest import KEYS, QUEUE, png64

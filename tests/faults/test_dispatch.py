@@ -18,13 +18,13 @@ from typing import Any
 import httpx
 import pytest
 
-from api.config import Settings
-from api.layout import STAGING_DIR, job_dir, new_job_id
 from api.main import create_app
-from api.queue import JobQueue
-from api.schemas import JobCreate
-from api.store import JobStore, WorkerStore
-from stack.process import free_port
+from core.config import Settings
+from core.layout import STAGING_DIR, job_dir, new_job_id
+from core.process import free_port
+from core.queue import JobQueue
+from core.schemas import JobCreate
+from core.store import JobStore, WorkerStore
 from worker.celery_app import create_celery_app
 from worker.recovery import new_dispatch_id, reap, worker_sender
 

@@ -162,7 +162,7 @@ def test_the_workers_sweep_timer_deletes_old_folders_and_keeps_recent_orphans(cl
     is kept and logged; a live job's folder is never touched."""
     import os
 
-    from api.layout import new_job_id
+    from core.layout import new_job_id
 
     retention_s = 30
     cluster.start_api(DIP_RETENTION_S=str(retention_s))

@@ -19,14 +19,15 @@ from typing import Any
 import pytest
 import redis
 
-from api.config import Settings
-from api.layout import new_job_id
-from api.store import ClaimOutcome, JobStatus, JobStore, Keys, Renewal, RunState, WorkerStore
-from worker.celery_app import create_celery_app
-from stack.process import free_port
+from core.config import Settings
+from core.layout import new_job_id
+from core.process import free_port
+from core.store import (ClaimOutcome, JobStatus, JobStore, Keys, Renewal, RunState, StoreError, StoreUnavailable,
+                        WorkerStore)
 from tests.faults.conftest import until
+from worker.celery_app import create_celery_app
 from worker.lease import LeaseKeeper, LeaseLost
-from worker.outage import until_redis_answers
+from worker.outage import until_store_answers
 from worker.recovery import ReapReport, reap, worker_sender
 
 DB = 7
@@ -253,7 +254,7 @@ def test_a_claim_waits_out_a_full_redis_and_other_errors_are_not_retried(env: di
     outcome: list[Any] = []
     admin.config_set("maxmemory", "1")  # noeviction: every write is refused with OOM
     try:
-        claiming = threading.Thread(target=lambda: outcome.append(until_redis_answers(
+        claiming = threading.Thread(target=lambda: outcome.append(until_store_answers(
             lambda: store.claim(job_id, worker="w@host:1", max_attempts=3, lease_s=LIVE_S),
             within_s=LIVE_S, what="a claim", first_wait_s=0.05)))
         claiming.start()
@@ -265,10 +266,16 @@ def test_a_claim_waits_out_a_full_redis_and_other_errors_are_not_retried(env: di
     claiming.join(LIVE_S)
     assert outcome and outcome[0].outcome is ClaimOutcome.claimed
     assert "OOM" in caplog.text
-    # A refusal that waiting cannot fix is raised at once.
-    admin.set(f"{env['keys'].prefix}:not-a-list", "x")
-    with pytest.raises(redis.exceptions.ResponseError, match="WRONGTYPE"):
-        until_redis_answers(lambda: admin.lpush(f"{env['keys'].prefix}:not-a-list", "y"), within_s=LIVE_S, what="x")
+    # A refusal that waiting cannot fix is raised at once, as the store's own error (not Redis').
+    admin.set(env["keys"].workers, "not a sorted set")
+    caplog.clear()
+    try:
+        with pytest.raises(StoreError, match="WRONGTYPE") as raised:
+            until_store_answers(lambda: store.heartbeat("w@host"), within_s=LIVE_S, what="a heartbeat")
+    finally:
+        admin.delete(env["keys"].workers)
+    assert not isinstance(raised.value, StoreUnavailable)
+    assert "retrying" not in caplog.text
     admin.close()
 
 

@@ -20,7 +20,7 @@ from typing import Any
 import pytest
 from PIL import Image
 
-from api.layout import job_dir
+from core.layout import job_dir
 from tests.faults.tcp_proxy import TcpProxy
 
 pytestmark = pytest.mark.e2e

@@ -14,8 +14,8 @@ from typing import Any
 
 import pytest
 
-from api.layout import new_job_id
-from api.store import JobStore, WorkerStore
+from core.layout import new_job_id
+from core.store import JobStore, WorkerStore
 from dip_engine.callbacks import FitState
 from dip_engine.history import LogRecord
 from stack.redis_server import RedisServer

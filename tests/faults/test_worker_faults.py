@@ -15,8 +15,8 @@ from typing import Any
 
 import pytest
 
-from api.config import Settings
-from stack.process import pid_alive
+from core.config import Settings
+from core.process import pid_alive
 from stack.supervisor import ChildSpec, Supervisor
 
 pytestmark = [pytest.mark.e2e, pytest.mark.skipif(os.name != "posix", reason="process groups and POSIX signals")]

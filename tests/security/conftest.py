@@ -32,7 +32,7 @@ import pytest
 import redis
 from PIL import Image
 
-from stack.process import free_port, stop_process
+from core.process import free_port, stop_process
 from stack.redis_server import RedisServer
 
 REPO_ROOT = Path(__file__).resolve().parents[2]

@@ -21,7 +21,7 @@ from schemathesis.config import SchemathesisConfig
 from schemathesis.generation import GenerationMode
 from schemathesis.specs.openapi.checks import positive_data_acceptance
 
-from api.config import Settings
+from core.config import Settings
 from api.main import create_app
 
 CONTRACT_DB = 10

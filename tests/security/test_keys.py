@@ -1,4 +1,4 @@
-"""API key settings and checks (``api.auth``, ``DIP_API_KEYS``), and binding without keys (``dip api/serve``)."""
+"""API key settings and checks (``core.auth``, ``DIP_API_KEYS``), and binding without keys (``dip api/serve``)."""
 
 from __future__ import annotations
 
@@ -11,10 +11,10 @@ from pathlib import Path
 import pytest
 from pydantic import ValidationError
 
-from api.auth import OPEN_CALLER, Unauthorized, authenticate, fingerprint, key_digest, parse_key_entries
-from api.config import Settings
+from core.auth import OPEN_CALLER, Unauthorized, authenticate, fingerprint, key_digest, parse_key_entries
+from core.config import Settings
+from core.process import free_port
 from stack.cli import main
-from stack.process import free_port
 from stack.supervisor import access_line, is_loopback, open_bind_refusal
 
 ALICE = "alice-key-5f0c1d2e3b4a69788796"
@@ -113,7 +113,7 @@ def test_dip_refuses_to_listen_openly_without_keys(command: str, monkeypatch: py
     for name in ("DIP_API_KEYS", "DIP_ADMIN_KEYS", "DIP_ALLOW_OPEN", "DIP_REDIS_URL"):
         monkeypatch.delenv(name, raising=False)
     monkeypatch.setenv("DIP_VAR_DIR", str(tmp_path / "var"))
-    from api.config import get_settings
+    from core.config import get_settings
 
     get_settings.cache_clear()
     try:

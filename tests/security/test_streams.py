@@ -18,7 +18,7 @@ import httpx
 import pytest
 import redis.asyncio as aioredis
 
-from api.store import Keys, StreamLeases
+from core.store import Keys, StreamLeases
 
 STREAMS_DB = 13
 OPEN_STREAMS_DB = 14

@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from api.store import Keys
+from core.store import Keys
 
 MAX_UPLOAD_BYTES = 1_000_000  # as the conftest configures the service
 MAX_ITERATIONS = 5000
@@ -246,11 +246,13 @@ def test_a_job_without_snapshots_lists_none(service: Any, finished_job: dict[str
 def test_history_as_json_and_csv(service: Any, finished_job: dict[str, Any]) -> None:
     points = service.fetch(finished_job["links"]["history"]).json()
     assert [p["iteration"] for p in points] == [5, 10, 15, 20]
-    assert set(points[0]) >= {"iteration", "loss", "psnr", "psnr_degraded", "ssim", "elapsed_s"}
+    # Every field of the engine's log record, the ES-WMV variance included (null until its window fills).
+    assert set(points[0]) == {"iteration", "loss", "psnr", "psnr_avg", "psnr_degraded", "ssim", "elapsed_s",
+                              "variance"}
     csv = service.http.get(finished_job["links"]["history"], params={"format": "csv"})
     assert csv.status_code == 200 and csv.headers["content-type"].startswith("text/csv")
     lines = csv.text.strip().splitlines()
-    assert lines[0].split(",")[:2] == ["iteration", "loss"]
+    assert lines[0].split(",")[:2] == ["iteration", "loss"] and "variance" in lines[0].split(",")
     assert [line.split(",")[0] for line in lines[1:]] == ["5", "10", "15", "20"]
     _error(service.http.get(finished_job["links"]["history"], params={"format": "xml"}), 422, "invalid_parameter")
 

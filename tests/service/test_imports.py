@@ -10,7 +10,7 @@ REPO_ROOT = Path(__file__).resolve().parents[2]
 
 
 def test_api_never_imports_torch() -> None:
-    code = ("import sys, api.main, api.queue, worker.celery_app; "
+    code = ("import sys, api.main, core.queue, worker.celery_app; "
             "api.main.create_app(api.main.Settings(redis_url='redis://127.0.0.1:1/0')).openapi(); "
             "heavy = sorted(m for m in ('torch', 'torchvision', 'matplotlib', 'worker.tasks') if m in sys.modules); "
             "assert not heavy, heavy")

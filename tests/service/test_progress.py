@@ -10,8 +10,8 @@ from typing import Any
 
 import pytest
 
-from api.layout import new_job_id
-from api.store import EventType, JobStore, Keys, WorkerStore
+from core.layout import new_job_id
+from core.store import EventType, JobStore, Keys, WorkerStore
 from dip_engine.callbacks import FitState
 from dip_engine.history import LogRecord
 from worker.lease import LeaseKeeper
@@ -133,7 +133,7 @@ def test_throttle() -> None:
 
 
 def test_the_eta_counts_down_to_early_stopping_s_expected_end(setup: Any) -> None:
-    from api.schemas import Progress
+    from core.schemas import Progress
 
     store, job_id, reporter, clock, events, _ = setup
     state = FitState(total=3000)

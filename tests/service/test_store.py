@@ -13,9 +13,10 @@ from typing import Any
 
 import pytest
 import redis
+import redis.exceptions
 
-from api.layout import new_job_id
-from api.store import ClaimOutcome, JobStatus, JobStore, Keys, RunState, WorkerStore
+from core.layout import new_job_id
+from core.store import ClaimOutcome, JobStatus, JobStore, Keys, RunState, StoreError, StoreUnavailable, WorkerStore
 from worker.maintenance import sweep
 
 STORE_DB = 6
@@ -216,3 +217,25 @@ def test_options_are_validated(url: str) -> None:
         WorkerStore.from_url(url, retention_s=0)
     with pytest.raises(ValueError, match="decode_responses"):
         WorkerStore(redis.Redis.from_url(url), retention_s=10)
+
+
+@pytest.mark.parametrize(("raised", "expected"), [
+    (redis.exceptions.ConnectionError("Connection refused"), StoreUnavailable),
+    (redis.exceptions.TimeoutError("Timeout reading from socket"), StoreUnavailable),
+    (redis.exceptions.OutOfMemoryError("command not allowed when used memory > 'maxmemory'"), StoreUnavailable),
+    (redis.exceptions.ResponseError("Error running script (call to f_1): @user_script:9: -READONLY You can't "
+                                    "write against a read only replica."), StoreUnavailable),
+    (redis.exceptions.ResponseError("LOADING Redis is loading the dataset in memory"), StoreUnavailable),
+    (redis.exceptions.ResponseError("WRONGTYPE Operation against a key holding the wrong kind of value"), StoreError),
+    (redis.exceptions.ResponseError("Error running script: @user_script:3: attempt to compare nil"), StoreError),
+])
+def test_redis_errors_become_the_stores_own(raised: Exception, expected: type) -> None:
+    from core.store.errors import neutral
+
+    def call() -> None:
+        raise raised
+
+    with pytest.raises(StoreError) as caught:
+        neutral(call)()
+    assert type(caught.value) is expected
+    assert caught.value.__cause__ is raised and str(raised) in str(caught.value)

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from stack.process import pid_alive
+from core.process import pid_alive
 from stack.redis_server import RedisServer, RedisStartError, find_redis_executable
 
 

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from stack.process import free_port, pid_alive
+from core.process import free_port, pid_alive
 from tests.faults.conftest import until
 
 REPO_ROOT = Path(__file__).resolve().parents[2]

@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from api.config import Settings
-from stack.process import free_port, pid_alive
+from core.config import Settings
+from core.process import free_port, pid_alive
 from stack.redis_server import RedisServer
 from stack.supervisor import ChildSpec, Supervisor, default_children
 
@@ -232,7 +232,7 @@ def _run_in_process(tmp_path: Path, redis_url: str) -> tuple[subprocess.Popen, l
     pids_file = tmp_path / "pids"
     script = (
         "import sys\n"
-        "from api.config import Settings\n"
+        "from core.config import Settings\n"
         "from stack.supervisor import ChildSpec, Supervisor\n"
         f"s = Settings(var_dir={str(tmp_path / 'var')!r}, results_dir={str(tmp_path / 'res')!r}, "
         f"redis_url={redis_url!r})\n"

@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 from standardwebhooks import Webhook
 
-from stack.process import free_port
+from core.process import free_port
 from tests.faults.conftest import KEYS, cluster, png64, until  # noqa: F401 - `cluster` is a fixture
 from tests.webhooks.receiver import Receiver, receiving
 

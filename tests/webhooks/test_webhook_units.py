@@ -11,9 +11,9 @@ import time
 import pytest
 from standardwebhooks import Webhook
 
-from api.store import EventType, JobEvent, JobRecord, JobStatus
-from api.store.webhooks import DeliveryState, Pending
-from api.webhooks import InvalidWebhook, check_target, secret_key, signed_headers, subscription_from_form
+from core.store import EventType, JobEvent, JobRecord, JobStatus
+from core.store.webhooks import DeliveryState, Pending
+from core.webhooks import InvalidWebhook, check_target, secret_key, signed_headers, subscription_from_form
 from tests.webhooks.receiver import receiving
 from worker.webhooks import plan, send
 
@@ -182,7 +182,7 @@ def test_send_reports_a_failing_receiver() -> None:
 
 
 def test_openapi_documents_the_payloads_and_the_form_fields() -> None:
-    from api.config import Settings
+    from core.config import Settings
     from api.main import create_app
 
     schema = create_app(Settings()).openapi()

@@ -13,7 +13,10 @@ from redis.backoff import NoBackoff
 from redis.retry import Retry
 
 from .base import DURATION_BUCKETS, StoreBase, to_json
+from .errors import neutral_methods
+from .health import clear_unhealthy, mark_unhealthy
 from .records import JobRecord, JobStatus, encode_fields
+from .webhooks import Deliveries
 
 
 class ClaimOutcome(str, Enum):
@@ -68,6 +71,7 @@ def attempt_cap_message(max_attempts: int) -> str:
             f"died or was killed; giving up (attempt cap {max_attempts})")
 
 
+@neutral_methods
 class WorkerStore(StoreBase):
     """Job records as a worker process sees them. Build with :meth:`from_url` in the
     process that uses it (after the fork).
@@ -226,6 +230,18 @@ class WorkerStore(StoreBase):
                 pipe.exists(self.keys.job(job_id))
             alive = pipe.execute()
         return [job_id for job_id, exists in zip(candidates, alive) if not exists]
+
+    def mark_unhealthy(self, worker: str, *, reason: str, since: float) -> None:
+        """Say that ``worker`` stopped taking jobs, and why (``core.store.health``)."""
+        mark_unhealthy(self.client, self.keys, worker, reason=reason, since=since)
+
+    def clear_unhealthy(self, worker: str) -> None:
+        """Forget ``worker``'s entry: it (re)starts with a clean slate."""
+        clear_unhealthy(self.client, self.keys, worker)
+
+    def deliveries(self) -> Deliveries:
+        """The webhook deliverer's side of the store, on this store's connection."""
+        return Deliveries(self.client, self.keys, retention_s=self.retention_s)
 
     def exists(self, job_id: str) -> bool:
         return bool(self.client.exists(self.keys.job(job_id)))

@@ -14,6 +14,7 @@ from __future__ import annotations
 import secrets
 from typing import Any
 
+from .errors import neutral_methods
 from .keys import Keys
 
 STREAM_LEASE_S = 30.0
@@ -46,6 +47,7 @@ return 1
 """
 
 
+@neutral_methods
 class StreamLeases:
     """Leases of open event streams, per caller.
 

@@ -2,72 +2,42 @@
 
 from __future__ import annotations
 
+import dataclasses
 from datetime import datetime, timezone
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, create_model, field_validator
 
-from api.layout import snapshot_names, snapshot_order
-from api.store import JobRecord, JobStatus
+from core.layout import snapshot_names, snapshot_order
+from core.store import JobRecord, JobStatus
+from dip_engine.history import LogRecord
 from dip_engine.problems import PROBLEMS
-from dip_engine.spec import SCALES, EarlyStopMode, PresetName, RestoreSpec, TaskName
+from dip_engine.spec import SCALES, RestoreSpec, TaskName, request_fields
 
 __all__ = [
     "ErrorBody", "ErrorInfo", "HistoryPoint", "JobError", "JobCreate", "JobInputs", "JobLinks", "JobList",
     "JobOutputs", "JobPublic", "JobStatus", "Metrics", "Progress", "Snapshot", "SnapshotPage",
 ]
 
-_MAX_SEED = 2**32 - 1
-
-
-class JobCreate(BaseModel):
+class _JobCreateBase(BaseModel):
     """Parameters of a restoration job: the form fields of ``POST /v1/jobs``.
 
-    Unset optional values take the preset's value. Validate with
-    ``JobCreate.model_validate(fields, context={"max_iterations": n})`` to
-    enforce the server's iteration cap.
+    Built from :class:`~dip_engine.spec.RestoreSpec` (the fields a job may set, with their
+    descriptions and bounds). Unset optional values take the preset's value. Validate with
+    ``JobCreate.model_validate(fields, context={"max_iterations": n})`` to enforce the
+    server's iteration cap.
     """
 
     model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
-    task: TaskName = Field(description="What to restore: " + "; ".join(
-        f"{name}: {problem.description}" for name, problem in PROBLEMS.items()) + ".")
-    scale: int = Field(4, description="Super-resolution factor: 2, 4 or 8.",
-                       json_schema_extra={"enum": list(SCALES)})
-    from_hr: bool = Field(False, description="superres: the image is high-resolution; downsample it "
-                                             "by `scale` first and score the result against it.")
-    add_noise_sigma: float | None = Field(None, gt=0, le=255, description="denoise (and deblur with "
-                                          "from_sharp): add Gaussian noise of this sigma (0-255 scale) and "
-                                          "score against the clean image.")
-    drop_fraction: float | None = Field(None, gt=0, lt=1, description="inpaint: drop this fraction of "
-                                        "pixels at random (seeded) instead of uploading a mask.")
-    blur_sigma: float | None = Field(None, gt=0, le=20, description="deblur: the blur is a Gaussian of this "
-                                     "sigma in pixels (or upload a `kernel` image instead).")
-    from_sharp: bool = Field(False, description="deblur: the image is sharp; blur it with the kernel first "
-                                                "(then add add_noise_sigma) and score the result against it.")
-    jpeg_quality: int | None = Field(None, ge=1, le=95, description="dejpeg: the image is clean; compress it "
-                                     "as a JPEG of this quality first and score the result against it.")
-    noise_sigma: float | None = Field(None, ge=0, le=255, description="The image's noise level (0-255 scale) "
-                                      "if you know it (0: noise-free); early stopping waits until the fit "
-                                      "reaches it. Unset: estimated from the image.")
-    preset: PresetName = Field("fast", description="Hyperparameter preset. fast: sized for a CPU; quality: "
-                               "the paper's networks with our loop improvements; paper: the published "
-                               "protocol exactly (fixed iterations, raw output, no early stopping).")
-    iterations: int | None = Field(None, ge=1, description="Optimisation steps (server maximum applies).")
-    log_every: int | None = Field(None, ge=1, description="Iterations between history points.")
-    snapshot_every: int | None = Field(None, ge=1, description="Iterations between snapshot PNGs.")
-    early_stop: EarlyStopMode | None = Field(None, description="auto: stop when the output stops "
-                                             "improving (ES-WMV); off: run every iteration.")
-    seed: int = Field(0, ge=0, le=_MAX_SEED, description="Random seed (input noise, dropped pixels).")
-
-    @field_validator("scale")
+    @field_validator("scale", check_fields=False)
     @classmethod
     def _check_scale(cls, value: int) -> int:
         if value not in SCALES:
             raise ValueError(f"scale must be one of {', '.join(map(str, SCALES))}, got {value}")
         return value
 
-    @field_validator("iterations")
+    @field_validator("iterations", check_fields=False)
     @classmethod
     def _check_iteration_cap(cls, value: int | None, info: ValidationInfo) -> int | None:
         cap = (info.context or {}).get("max_iterations")
@@ -77,6 +47,24 @@ class JobCreate(BaseModel):
 
     def to_spec(self, *, device: str = "auto", deterministic: bool = False) -> RestoreSpec:
         return RestoreSpec(**self.model_dump(), device=device, deterministic=deterministic)  # type: ignore[arg-type]
+
+
+def _job_create() -> type[_JobCreateBase]:
+    described = {"task": "What to restore: " + "; ".join(
+        f"{name}: {problem.description}" for name, problem in PROBLEMS.items()) + "."}
+    extra = {"scale": {"enum": list(SCALES)}}
+    definitions: dict[str, Any] = {}
+    for each in request_fields():
+        if not each.param.service:
+            continue
+        bounds = {key: value for key in ("gt", "ge", "lt", "le") if (value := getattr(each.param, key)) is not None}
+        default = ... if each.required else each.default
+        definitions[each.name] = (each.type, Field(default, description=described.get(each.name, each.param.help),
+                                                   json_schema_extra=extra.get(each.name), **bounds))
+    return create_model("JobCreate", __base__=_JobCreateBase, __module__=__name__, **definitions)
+
+
+JobCreate = _job_create()
 
 
 class Progress(BaseModel):
@@ -246,16 +234,27 @@ class SnapshotPage(BaseModel):
     next_cursor: str | None = Field(None, description="Pass as `cursor` for the next (newer) page.")
 
 
-class HistoryPoint(BaseModel):
-    """One logged point of the optimisation."""
+def _history_point() -> type[BaseModel]:
+    """The engine's :class:`~dip_engine.history.LogRecord`, as the API serves it: every value but
+    the iteration may be null (not measured, or not finite in a diverging run)."""
+    fields: dict[str, Any] = {
+        field.name: (int, ...) if field.name == "iteration" else
+        (float | None, Field(None, description=_HISTORY_DESCRIPTIONS.get(field.name)))
+        for field in dataclasses.fields(LogRecord)
+    }
+    return create_model("HistoryPoint", __doc__="One logged point of the optimisation.", **fields)
 
-    iteration: int
-    loss: float | None = Field(None, description="None if it was not finite (a diverging run).")
-    psnr: float | None = None
-    psnr_avg: float | None = None
-    psnr_degraded: float | None = None
-    ssim: float | None = None
-    elapsed_s: float | None = None
+
+_HISTORY_DESCRIPTIONS = {
+    "loss": "The data-fit loss; null if it was not finite (a diverging run).",
+    "psnr_degraded": "PSNR (dB) of A(output) against the measurement.",
+    "elapsed_s": "Seconds spent optimising.",
+    "psnr": "PSNR (dB) of the output against the reference (needs one).",
+    "psnr_avg": "PSNR (dB) of the averaged output against the reference (needs one).",
+    "ssim": "SSIM of the output against the reference (needs one).",
+    "variance": "Early stopping's (ES-WMV) windowed variance of the output; null until its window is full.",
+}
+HistoryPoint = _history_point()
 
 
 def _time(value: float | None) -> datetime | None:

@@ -21,9 +21,10 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any
 
-from api.webhooks import DeliveryAttempt, WebhookEvent, WebhookLog, WebhookSubscription
+from core.webhooks import DeliveryAttempt, WebhookEvent, WebhookLog, WebhookSubscription
 
 from .base import to_json
+from .errors import neutral_methods
 from .keys import Keys
 from .records import EventType, JobEvent
 
@@ -122,6 +123,7 @@ async def read_log(client: Any, keys: Keys, job_id: str) -> WebhookLog | None:
                       log=[DeliveryAttempt.model_validate_json(entry) for entry in entries])
 
 
+@neutral_methods
 class Deliveries:
     """The deliverer's side (blocking ``redis.Redis`` with ``decode_responses=True``)."""
 

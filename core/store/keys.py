@@ -17,7 +17,7 @@ yet known sent, scored by the end of its grace), ``<p>:draining:<worker>`` (flag
 a worker that is shutting down) and ``<p>:streams:<caller>`` (sorted set: the leases of
 a caller's open event streams, scored by their expiry; the key expires with the last one).
 Webhooks: ``<p>:job:<id>:webhook`` (hash), ``...:webhook:log`` (list), ``...:webhook:lock``
-and ``<p>:webhooks`` (sorted set of jobs with deliveries to come), see ``api.store.webhooks``.
+and ``<p>:webhooks`` (sorted set of jobs with deliveries to come), see ``core.store.webhooks``.
 """
 
 from __future__ import annotations
@@ -78,7 +78,7 @@ class Keys:
 
     @property
     def unhealthy_workers(self) -> str:
-        """Hash: worker name -> why it stopped taking jobs (JSON), see ``api.store.health``."""
+        """Hash: worker name -> why it stopped taking jobs (JSON), see ``core.store.health``."""
         return f"{self.prefix}:workers:unhealthy"
 
     @property
@@ -100,7 +100,7 @@ class Keys:
         return f"{self.prefix}:streams:{caller}"
 
     def webhook(self, job_id: str) -> str:
-        """Hash: a job's webhook (url, events), its delivery cursor and counters (``api.store.webhooks``)."""
+        """Hash: a job's webhook (url, events), its delivery cursor and counters (``core.store.webhooks``)."""
         return f"{self.prefix}:job:{job_id}:webhook"
 
     def webhook_log(self, job_id: str) -> str:

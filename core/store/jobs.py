@@ -11,9 +11,14 @@ from typing import Any, Literal
 
 import redis.asyncio as aioredis
 
+from core.webhooks import WebhookLog, WebhookSubscription
+
 from .base import DURATION_BUCKETS, StoreBase, to_json
+from .errors import neutral_methods
+from .health import UnhealthyWorker, unhealthy_workers
 from .records import EventType, JobEvent, JobRecord, JobStatus, encode_fields
 from .streams import StreamLeases
+from .webhooks import read_log, subscribe
 
 
 # Longer than any blocking read of the event streams (see read_events).
@@ -70,6 +75,7 @@ class StoreStats:
     durations: dict[str, tuple[dict[float, int], int, float]]
 
 
+@neutral_methods
 class JobStore(StoreBase):
     """Job records as the API sees them. Build with :meth:`from_url`; close with :meth:`aclose`.
 
@@ -275,6 +281,18 @@ class JobStore(StoreBase):
     async def live_workers(self, *, max_age_s: float) -> int:
         """Workers whose last heartbeat is at most ``max_age_s`` old (Redis clock)."""
         return int(await self._scripts.live_workers(keys=[self.keys.workers], args=[max_age_s]))
+
+    async def unhealthy_workers(self, *, max_age_s: float) -> list[UnhealthyWorker]:
+        """Live workers that stopped taking jobs, and why (``core.store.health``)."""
+        return await unhealthy_workers(self.client, self.keys, max_age_s=max_age_s)
+
+    async def subscribe_webhook(self, job_id: str, subscription: WebhookSubscription) -> None:
+        """Record a new job's webhook and make its deliveries due (``core.store.webhooks``)."""
+        await subscribe(self.client, self.keys, job_id, subscription)
+
+    async def webhook_log(self, job_id: str) -> WebhookLog | None:
+        """A job's webhook and its latest deliveries; ``None`` if it has none."""
+        return await read_log(self.client, self.keys, job_id)
 
     async def stats(self, *, worker_max_age_s: float) -> StoreStats:
         async with self.client.pipeline(transaction=False) as pipe:

@@ -14,8 +14,8 @@ from typing import Annotated, Any
 from pydantic import Field, SecretStr, ValidationInfo, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
-from api.auth import parse_key_entries
-from api.webhooks import secret_key
+from core.auth import parse_key_entries
+from core.webhooks import secret_key
 
 # Read as a JSON list or comma-separated by the validator, not as JSON only.
 KeyList = Annotated[tuple[str, ...], NoDecode]
