@@ -57,7 +57,7 @@ def test_compatible_queued_jobs_are_trained_as_one_batch_and_each_ends_on_its_ow
 @pytest.mark.timeout(180)
 def test_a_cancel_stops_its_job_and_the_rest_of_the_batch_goes_on(cluster: Any) -> None:
     cluster.start_api()
-    iterations = 300
+    iterations = 150
     jobs = [cluster.submit(seed=seed, iterations=iterations, log_every=LOG_EVERY) for seed in (1, 2, 3)]
     cluster.start_worker("batcher", **BATCHING)
     for job_id in jobs:
@@ -76,7 +76,7 @@ def test_a_cancel_stops_its_job_and_the_rest_of_the_batch_goes_on(cluster: Any) 
 @pytest.mark.timeout(240)
 def test_a_killed_batching_worker_loses_no_job_each_resumes_from_its_checkpoint(cluster: Any) -> None:
     cluster.start_api()
-    iterations = 200
+    iterations = 120
     jobs = [cluster.submit(seed=seed, iterations=iterations, log_every=LOG_EVERY) for seed in (1, 2, 3)]
     first = cluster.start_worker("first", **BATCHING)
     for job_id in jobs:

@@ -95,7 +95,7 @@ def test_the_wall_time_limit_travels_with_the_job(api: Any, image64: bytes) -> N
     assert api.redis.hget(f"dip:job:{job['id']}", "time_limit_s") == str(MAX_JOB_SECONDS)
     # The Celery message waiting in the queue carries the limits: any worker, and any
     # redelivery after a crash, applies them.
-    messages = [json.loads(raw) for raw in api.redis.lrange(core.queue, 0, -1)]
+    messages = [json.loads(raw) for raw in api.redis.lrange(api.queue, 0, -1)]
     (message,) = [m for m in messages if m["headers"]["id"] == job["id"]]
     assert message["headers"]["timelimit"] == [MAX_JOB_SECONDS + KILL_AFTER_S, MAX_JOB_SECONDS]
 

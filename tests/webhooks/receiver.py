@@ -29,10 +29,12 @@ class Delivery:
 
 @dataclass
 class Receiver:
-    """Answers each POST with the next of ``codes`` (then 200), after ``delay_s``."""
+    """Answers each POST with the next of ``codes`` (then 200), after ``delay_s``; while ``held``
+    (``receiving(hold=True)``), each answer also waits until :meth:`release` (a stuck receiver)."""
 
     codes: list[int] = field(default_factory=list)
     delay_s: float = 0.0
+    released: threading.Event = field(default_factory=threading.Event)
     deliveries: list[Delivery] = field(default_factory=list)
     port: int = 0
     _lock: threading.Lock = field(default_factory=threading.Lock)
@@ -40,6 +42,9 @@ class Receiver:
     @property
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}/hook"
+
+    def release(self) -> None:
+        self.released.set()
 
     def of_type(self, kind: str) -> list[Delivery]:
         with self._lock:
@@ -52,8 +57,10 @@ class Receiver:
 
 
 @contextmanager
-def receiving(*, codes: list[int] | None = None, delay_s: float = 0.0) -> Iterator[Receiver]:
+def receiving(*, codes: list[int] | None = None, delay_s: float = 0.0, hold: bool = False) -> Iterator[Receiver]:
     receiver = Receiver(codes=list(codes or []), delay_s=delay_s)
+    if not hold:
+        receiver.release()
 
     class Handler(BaseHTTPRequestHandler):
         def do_POST(self) -> None:  # noqa: N802 - http.server's naming
@@ -61,6 +68,7 @@ def receiving(*, codes: list[int] | None = None, delay_s: float = 0.0) -> Iterat
             code = receiver._answer({k.lower(): v for k, v in self.headers.items()}, body)
             if receiver.delay_s:
                 time.sleep(receiver.delay_s)
+            receiver.released.wait(60)
             self.send_response(code)
             self.send_header("content-length", "0")
             self.end_headers()
@@ -76,5 +84,6 @@ def receiving(*, codes: list[int] | None = None, delay_s: float = 0.0) -> Iterat
     try:
         yield receiver
     finally:
+        receiver.release()
         server.shutdown()
         server.server_close()

@@ -25,7 +25,7 @@ from dip_client import (
     NotFoundError,
     Retry,
 )
-from tests.security.conftest import KEYS
+from tests.security.conftest import KEYS, key_settings, start_api  # noqa: F401 - the key-protected API's fixtures
 
 QUICK = {"preset": "fast", "iterations": 30, "log_every": 5}
 CLIENT_DB = 11  # the key-protected API's own Redis database
