@@ -21,7 +21,7 @@ from stack.supervisor import ChildSpec, Supervisor
 
 pytestmark = [pytest.mark.e2e, pytest.mark.skipif(os.name != "posix", reason="process groups and POSIX signals")]
 
-ITERATIONS = 200
+ITERATIONS = 120
 LOG_EVERY = 10
 
 
