@@ -28,7 +28,7 @@ CONTRACT_DB = 10
 KEY = "contract-key-3c9f0e1d2b4a5968"
 
 AUTH = {"Authorization": f"Bearer {KEY}"}
-EXAMPLES = 50  # per operation and generation mode: the whole run stays well under a minute
+EXAMPLES = 30  # per operation and generation mode: the whole run stays well under half a minute
 
 
 @pytest.fixture(scope="module", params=["with keys", "open"])
