@@ -28,8 +28,12 @@ _EXTENSIONS = {"JPEG": "jpg", "TIFF": "tif", "JPEG2000": "jp2"}
 
 
 def new_job_id() -> str:
-    """A random, unguessable id: 16 bytes as 22 URL-safe characters."""
-    return secrets.token_urlsafe(16)
+    """A random, unguessable id: 16 bytes as 22 URL-safe characters, the first a letter or digit
+    (a leading ``-`` would read as an option on a command line: ``dip status -hT0...``)."""
+    while True:
+        job_id = secrets.token_urlsafe(16)
+        if job_id[0].isalnum():
+            return job_id
 
 
 def job_dir(results_dir: Path, job_id: str) -> Path:

@@ -49,13 +49,15 @@ def test_status_jobs_cancel_then_watch_exits_3(idle_service: Any, pictures: Any,
     submitted = dip(idle_service, "submit", str(image), "--task", "denoise", "--iterations", "4000", "--json")
     assert submitted.returncode == 0, submitted.stderr
     job_id = json.loads(submitted.stdout)["id"]
-
-    status = dip(idle_service, "status", job_id, "--json")
-    assert status.returncode == 0 and json.loads(status.stdout)["id"] == job_id
-    listed = dip(idle_service, "jobs")
-    assert listed.returncode == 0 and job_id in listed.stdout
-    canceled = dip(idle_service, "cancel", job_id)
-    assert canceled.returncode == 0, canceled.stderr
+    try:
+        status = dip(idle_service, "status", job_id, "--json")
+        assert status.returncode == 0 and json.loads(status.stdout)["id"] == job_id
+        listed = dip(idle_service, "jobs")
+        assert listed.returncode == 0 and job_id in listed.stdout
+        canceled = dip(idle_service, "cancel", job_id)
+        assert canceled.returncode == 0, canceled.stderr
+    finally:  # a long job left running would hold the shared worker from the tests after this one
+        idle_service.http.post(f"/v1/jobs/{job_id}/cancel")
     watched = dip(idle_service, "watch", job_id, "--json")
     assert watched.returncode == 3, watched.stderr
     assert json.loads(watched.stdout)["status"] == "canceled"

@@ -239,3 +239,11 @@ def test_redis_errors_become_the_stores_own(raised: Exception, expected: type) -
         neutral(call)()
     assert type(caught.value) is expected
     assert caught.value.__cause__ is raised and str(raised) in str(caught.value)
+
+
+def test_job_ids_are_valid_and_never_read_as_a_command_line_option() -> None:
+    from core.layout import JOB_ID
+
+    ids = [new_job_id() for _ in range(2000)]  # the old ids started with - or _ once in 32
+    assert all(JOB_ID.fullmatch(job_id) and job_id[0].isalnum() for job_id in ids)
+    assert len(set(ids)) == len(ids)
