@@ -9,6 +9,8 @@ by commas; a rule ``<point>:<job id>`` applies to that job only, ``<point>`` to 
 - ``hold_before_claim``: wait before the claim while the file ``hold_before_claim``
   exists in ``DIP_VAR_DIR``, so that a test can break Redis between the delivery of
   a message and the claim of its job.
+- ``slow_steps``: sleep ``SLOW_STEP_S`` after every step of the job, so that a test
+  can act on a worker in the middle of a job however fast the machine runs it.
 - ``device_error``, ``out_of_memory``, ``disk_full``: raise, when the engine starts the
   job, what a broken GPU (a CUDA error), a full GPU (``torch.cuda.OutOfMemoryError``)
   or a full results volume (``OSError(ENOSPC)``) raises there.
@@ -23,10 +25,13 @@ import signal
 import time
 from pathlib import Path
 
+from dip_engine.callbacks import Callback, FitState
+
 log = logging.getLogger(__name__)
 
 ENV_VAR = "DIP_FAULT_INJECTION"
 HOLD_FILE = "hold_before_claim"
+SLOW_STEP_S = 0.2
 
 
 def _applies(point: str, job_id: str) -> str | None:
@@ -56,6 +61,18 @@ def maybe_hold(point: str, job_id: str, var_dir: Path) -> None:
     log.warning("%s=%s: holding job %s at %s while %s exists", ENV_VAR, rule, job_id, point, hold)
     while hold.exists():
         time.sleep(0.05)
+
+
+class SlowSteps(Callback):
+    """Sleeps after every step: the ``slow_steps`` rule."""
+
+    def on_step(self, state: FitState) -> None:
+        time.sleep(SLOW_STEP_S)
+
+
+def maybe_slow(job_id: str) -> list[Callback]:
+    """The callbacks that slow this job down, if a ``slow_steps`` rule names it (or any job)."""
+    return [SlowSteps()] if _applies("slow_steps", job_id) else []
 
 
 def maybe_fail(job_id: str) -> None:

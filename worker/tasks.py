@@ -23,7 +23,7 @@ from dip_engine.restore import RestoreInputs, RestoreLimits, RestoreRequest, Res
 from worker.batching import gather
 from worker.failures import (DISK_FULL, OUT_OF_MEMORY, DeviceHealth, disk_full_error, is_out_of_memory,
                              out_of_memory_message, release_memory)
-from worker.fault_injection import HOLD_FILE, maybe_crash, maybe_fail, maybe_hold
+from worker.fault_injection import HOLD_FILE, maybe_crash, maybe_fail, maybe_hold, maybe_slow
 from worker.lease import LeaseKeeper, LeaseLost
 from worker.outage import until_store_answers
 from worker.progress import JobReporter
@@ -258,7 +258,7 @@ def _request(record: JobRecord, directory: Path, reporter: JobReporter, settings
     inputs = RestoreInputs(image=_input(record, directory, "input."), mask=_input(record, directory, "mask."),
                            kernel=_input(record, directory, "kernel."),
                            reference=_input(record, directory, "reference."))
-    return RestoreRequest(spec, inputs, directory / OUT_DIR, callbacks=[reporter])
+    return RestoreRequest(spec, inputs, directory / OUT_DIR, callbacks=[reporter, *maybe_slow(record.id)])
 
 
 def _end(store: WorkerStore, lease: LeaseKeeper, reporter: JobReporter, directory: Path,

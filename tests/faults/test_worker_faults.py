@@ -98,7 +98,9 @@ def test_sigterm_hands_the_job_back_and_another_worker_resumes_it(cluster: Any) 
     """A graceful shutdown stops the job at the next poll with a checkpoint, re-queues it
     without counting an attempt, and exits; another worker goes on from that iteration."""
     cluster.start_api()
-    first = cluster.start_worker("first")
+    # The first worker is slowed down so that the job is still in its middle, on any machine,
+    # once the second worker is up; the second one runs at full speed.
+    first = cluster.start_worker("first", DIP_FAULT_INJECTION="slow_steps")
     job_id = cluster.submit(iterations=ITERATIONS, log_every=LOG_EVERY)
     cluster.wait_running(job_id, min_iteration=1)
     second = cluster.start_worker("second")  # idle: the only job is taken
@@ -138,7 +140,9 @@ def test_a_paused_worker_loses_its_lease_and_writes_nothing_after(cluster: Any) 
     takes the job over from its checkpoint. Once thawed, the first one finds its lease
     gone and stops at once, so the two never both write to the job."""
     cluster.start_api()
-    first = cluster.start_worker("first")
+    # The first worker is slowed down so that the job is still in its middle, on any machine,
+    # once the second worker is up; the second one runs at full speed.
+    first = cluster.start_worker("first", DIP_FAULT_INJECTION="slow_steps")
     job_id = cluster.submit(iterations=ITERATIONS, log_every=LOG_EVERY)
     cluster.wait_running(job_id, min_iteration=1)
     second = cluster.start_worker("second")
