@@ -32,6 +32,30 @@ class Settings(BaseSettings):
     )
     var_dir: Path = Field(Path("var"), description="Embedded Redis data (append-only file) and logs.")
     results_dir: Path = Field(Path("var/results"), description="Results volume: inputs and outputs per job.")
+    results_url: str | None = Field(
+        None, description="Object storage for the jobs' files: `s3://bucket/prefix`, with credentials and "
+        "region from the standard AWS variables and the endpoint from s3_endpoint_url. Unset: the "
+        "results_dir volume, shared by the API and the workers.")
+    s3_endpoint_url: str | None = Field(None, description="S3-compatible endpoint (MinIO...); unset: AWS's.")
+    scratch_dir: Path = Field(Path("var/scratch"), description="With results_url: where a worker keeps its "
+                              "local copy of the files of the jobs it runs (private to the worker).")
+    presign: bool = Field(False, description="With results_url: GET .../files/{name} answers 307 to a "
+                          "presigned URL of the object (handed to the job's owner only) instead of "
+                          "streaming it through the API.")
+    presign_expires_s: int = Field(900, ge=1, le=7 * 86400, description="Lifetime of a presigned URL.")
+    input_buckets: KeyList = Field((), description="Buckets jobs may read inputs from by `s3://` URL "
+                                   "(image_url, mask_url, kernel_url, reference_url); none: no s3:// inputs.")
+    input_allow_http: bool = Field(False, description="Allow http:// input URLs (else https:// and s3:// only).")
+    input_allow_private: bool = Field(False, description="Allow input URLs on private, loopback or "
+                                      "link-local addresses.")
+    input_fetch_timeout_s: float = Field(30.0, gt=0, le=600, description="How long fetching one input "
+                                         "URL may take, in all.")
+
+    redis_sentinels: KeyList = Field((), description="Redis Sentinel addresses (`host:port`, JSON list or "
+                                     "comma-separated) for the job store and the broker; redis_url then "
+                                     "only gives the password and database, if any.")
+    redis_sentinel_master: str = Field("dip", description="The name the sentinels monitor the primary under.")
+
     host: str = Field("127.0.0.1", description="API bind address.")
     port: int = Field(8000, description="API port.")
 
@@ -124,6 +148,14 @@ class Settings(BaseSettings):
                                         "delivery; it doubles each time, up to an hour.")
     webhook_give_up_s: float = Field(86400.0, gt=0, description="A webhook delivery failing this long is given "
                                      "up, with the job's later events (logged).")
+
+    @field_validator("input_buckets", "redis_sentinels", mode="before")
+    @classmethod
+    def _parse_list(cls, value: Any) -> tuple[str, ...]:
+        if isinstance(value, str):
+            text = value.strip()
+            value = json.loads(text) if text.startswith("[") else text.split(",")
+        return tuple(str(item).strip() for item in value if str(item).strip())
 
     @field_validator("allowed_hosts", mode="before")
     @classmethod

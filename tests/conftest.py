@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from stack.redis_server import RedisServer
+from tests.s3_server import S3Server
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
@@ -33,6 +34,20 @@ def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServ
     Tests that write to it should use their own key prefix or flush what they wrote.
     """
     server = RedisServer(tmp_path_factory.mktemp("redis"))
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture(scope="session")
+def s3_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3Server]:
+    """A real S3-compatible server (moto's standalone server on loopback) for the whole session.
+
+    Tests make their own bucket, named after the test, so that they share nothing.
+    """
+    server = S3Server(tmp_path_factory.mktemp("s3"))
     server.start()
     try:
         yield server
