@@ -12,6 +12,7 @@ from core.auth import Caller, Unauthorized, authenticate
 from core.config import Settings
 from core.layout import JOB_ID
 from core.queue import JobQueue
+from core.results import ResultsStore
 from core.schemas import ErrorBody
 from core.store import JobRecord, JobStore
 
@@ -40,9 +41,14 @@ def _queue(request: Request) -> JobQueue:
     return request.app.state.queue
 
 
+def _results(request: Request) -> ResultsStore:
+    return request.app.state.results
+
+
 SettingsDep = Annotated[Settings, Depends(_settings)]
 StoreDep = Annotated[JobStore, Depends(_store)]
 QueueDep = Annotated[JobQueue, Depends(_queue)]
+ResultsDep = Annotated[ResultsStore, Depends(_results)]
 
 
 async def _caller(

@@ -11,6 +11,7 @@ from fastapi.responses import JSONResponse
 from pydantic import ValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from core.results import ResultsUnavailable
 from core.store import StoreUnavailable
 from dip_engine.errors import InputError
 
@@ -91,6 +92,12 @@ def install_error_handlers(app: FastAPI) -> None:
         log.warning("job store unavailable: %s", exc)
         return error_response(503, "unavailable", "the job store (Redis) is unreachable or refuses writes for "
                               "now; retry shortly", headers={"Retry-After": "5"})
+
+    @app.exception_handler(ResultsUnavailable)
+    async def _results_down(request: Request, exc: Exception) -> JSONResponse:
+        log.warning("results store unavailable: %s", exc)
+        return error_response(503, "unavailable", "the results store (object storage) is unreachable for now; "
+                              "retry shortly", headers={"Retry-After": "5"})
 
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception) -> JSONResponse:

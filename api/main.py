@@ -7,6 +7,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
+from starlette.concurrency import run_in_threadpool
 
 import dip_engine
 from api.deps import document_access
@@ -16,6 +17,7 @@ from api.routes import events, health, jobs, results, webhooks
 from api.routes.page import install_page
 from core.config import Settings, get_settings
 from core.queue import JobQueue
+from core.results import open_results
 from core.store import JobStore, check_eviction_policy
 from core.webhooks import document_webhooks
 
@@ -28,12 +30,16 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        if not settings.redis_url:
+        if not settings.redis_url and not settings.redis_sentinels:
             raise RuntimeError("DIP_REDIS_URL is not set: the API needs the Redis that the workers use "
-                               "(`dip serve` starts one and sets it)")
-        settings.results_dir.mkdir(parents=True, exist_ok=True)
-        app.state.store = JobStore.from_url(settings.redis_url, retention_s=settings.retention_s,
-                                             redispatch_s=settings.redispatch_s)
+                               "(`dip serve` starts one and sets it), or DIP_REDIS_SENTINELS")
+        app.state.results = open_results(settings)
+        try:
+            await run_in_threadpool(app.state.results.check)
+        except ValueError as exc:
+            raise RuntimeError(str(exc)) from None
+        app.state.store = JobStore.from_settings(settings, retention_s=settings.retention_s,
+                                                  redispatch_s=settings.redispatch_s)
         await _check_eviction(app.state.store, settings)
         app.state.queue = JobQueue.from_settings(settings)
         try:

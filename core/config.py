@@ -10,6 +10,7 @@ import json
 from functools import lru_cache
 from pathlib import Path
 from typing import Annotated, Any
+from urllib.parse import urlsplit
 
 from pydantic import Field, SecretStr, ValidationInfo, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
@@ -19,6 +20,23 @@ from core.webhooks import secret_key
 
 # Read as a JSON list or comma-separated by the validator, not as JSON only.
 KeyList = Annotated[tuple[str, ...], NoDecode]
+
+
+def parse_sentinel(entry: str) -> tuple[str, int]:
+    """A Sentinel address, ``host:port`` (``[v6 address]:port`` too), as (host, port).
+
+    Raises:
+        ValueError: not that shape, or the port is not a number in 1..65535 (the entry is named).
+    """
+    host, sep, port = entry.strip().rpartition(":")
+    bracketed = host.startswith("[") and host.endswith("]")
+    host = host[1:-1] if bracketed else host
+    # A bare IPv6 address is ambiguous (which colon starts the port?): it must be bracketed.
+    if not sep or not host or (":" in host and not bracketed):
+        raise ValueError(f"DIP_REDIS_SENTINELS: {entry!r} is not host:port")
+    if not port.isdigit() or not 0 < int(port) < 65536:
+        raise ValueError(f"DIP_REDIS_SENTINELS: {entry!r} has no valid port (1..65535)")
+    return host, int(port)
 
 
 class Settings(BaseSettings):
@@ -43,6 +61,8 @@ class Settings(BaseSettings):
                           "presigned URL of the object (handed to the job's owner only) instead of "
                           "streaming it through the API.")
     presign_expires_s: int = Field(900, ge=1, le=7 * 86400, description="Lifetime of a presigned URL.")
+    results_retry_s: float = Field(120.0, gt=0, description="How long a worker retries an upload to (or a "
+                                   "download from) the results store before it hands the job back to the queue.")
     input_buckets: KeyList = Field((), description="Buckets jobs may read inputs from by `s3://` URL "
                                    "(image_url, mask_url, kernel_url, reference_url); none: no s3:// inputs.")
     input_allow_http: bool = Field(False, description="Allow http:// input URLs (else https:// and s3:// only).")
@@ -157,6 +177,13 @@ class Settings(BaseSettings):
             value = json.loads(text) if text.startswith("[") else text.split(",")
         return tuple(str(item).strip() for item in value if str(item).strip())
 
+    @field_validator("redis_sentinels")
+    @classmethod
+    def _check_sentinels(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        for entry in value:
+            parse_sentinel(entry)  # a typo fails at start-up, not at the first failover
+        return value
+
     @field_validator("allowed_hosts", mode="before")
     @classmethod
     def _parse_hosts(cls, value: Any) -> tuple[str, ...]:
@@ -181,6 +208,20 @@ class Settings(BaseSettings):
         return parse_key_entries(value, setting=f"DIP_{(info.field_name or '').upper()}")
 
     @model_validator(mode="after")
+    def _check_sentinel_settings(self) -> Settings:
+        if not self.redis_sentinels:
+            return self
+        if not self.redis_sentinel_master.strip():
+            raise ValueError("DIP_REDIS_SENTINEL_MASTER must name the primary the sentinels monitor")
+        # The sentinels name the primary's host and port; the URL only lends its password and
+        # database, and neither kombu's sentinel transport nor the store's clients speak TLS or sockets here.
+        scheme = urlsplit(self.redis_url or "redis://").scheme
+        if scheme != "redis":
+            raise ValueError(f"with DIP_REDIS_SENTINELS, DIP_REDIS_URL must be a redis:// URL (password and "
+                             f"database only), not {scheme}://")
+        return self
+
+    @model_validator(mode="after")
     def _check_job_time_limit(self) -> Settings:
         if self.max_job_seconds is not None and self.max_job_seconds > self.soft_time_limit_s:
             # The broker's visibility timeout follows the global limits: a longer
@@ -191,6 +232,11 @@ class Settings(BaseSettings):
             # A claimed job's lease is renewed only once its batch starts.
             raise ValueError(f"batch_wait_s ({self.batch_wait_s:g}) must be under half of lease_s ({self.lease_s:g})")
         return self
+
+    @property
+    def sentinel_addresses(self) -> tuple[tuple[str, int], ...]:
+        """``redis_sentinels`` as (host, port) pairs."""
+        return tuple(parse_sentinel(entry) for entry in self.redis_sentinels)
 
     @property
     def auth_enabled(self) -> bool:

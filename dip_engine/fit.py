@@ -224,7 +224,8 @@ def fit(
             early.load_state_dict(saved["early"])
         if backtracker is not None and saved["backtracker"] is not None:
             backtracker.load_state_dict(saved["backtracker"])
-        snapshots = [Path(p) for p in saved["snapshots"]]
+        # Relative to the checkpoint's folder: a job resumes on another host, in another folder.
+        snapshots = [checkpoint.path.parent / p for p in saved["snapshots"]]
         start, elapsed_before = saved["iteration"], saved["elapsed_s"]
 
     state = FitState(total=config.iterations, iteration=start, start_iteration=start, elapsed_s=elapsed_before,
@@ -257,7 +258,7 @@ def fit(
             "best": best.state_dict(),
             "early": early.state_dict() if early is not None else None,
             "backtracker": backtracker.state_dict() if backtracker is not None else None,
-            "snapshots": [str(p) for p in snapshots],
+            "snapshots": [_relative(p, checkpoint.path.parent) for p in snapshots],
             "elapsed_s": elapsed(),
             "device": device.type,
         })
@@ -438,3 +439,8 @@ def _log(
     if early is not None and early.last_variance is not None:
         record["variance"] = numbers[-1]
     return LogRecord(**record)
+
+
+def _relative(path: Path, folder: Path) -> str:
+    """``path`` relative to ``folder`` where it lies inside it (else as it is)."""
+    return path.relative_to(folder).as_posix() if path.is_relative_to(folder) else str(path)

@@ -62,12 +62,13 @@ def _run_api(args: argparse.Namespace) -> int:
     import uvicorn
 
     from core.config import get_settings
+    from core.results import results_refusal
     from stack.supervisor import access_line, open_bind_refusal
 
     settings = get_settings()
     host = args.host or settings.host
     port = args.port or settings.port
-    refusal = open_bind_refusal(settings, host)
+    refusal = open_bind_refusal(settings, host) or results_refusal(settings)
     if refusal:
         print(f"dip api: error: {refusal}", file=sys.stderr)
         return 2
@@ -117,8 +118,13 @@ def worker_argv(args: argparse.Namespace, *, queue: str, concurrency: int, pytho
 
 def _run_worker(args: argparse.Namespace) -> int:
     from core.config import get_settings
+    from core.results import results_refusal
 
     settings = get_settings()
+    refusal = results_refusal(settings)
+    if refusal:
+        print(f"dip worker: error: {refusal}", file=sys.stderr)
+        return 2
     argv = worker_argv(args, queue=settings.queue, concurrency=settings.worker_concurrency)
     sys.stdout.flush()
     sys.stderr.flush()
@@ -139,6 +145,7 @@ def _add_serve(parser: argparse.ArgumentParser) -> None:
 
 def _run_serve(args: argparse.Namespace) -> int:
     from core.config import get_settings
+    from core.results import results_refusal
     from stack.redis_server import RedisStartError
     from stack.supervisor import Supervisor, default_children, open_bind_refusal
 
@@ -149,7 +156,7 @@ def _run_serve(args: argparse.Namespace) -> int:
     settings = get_settings()
     updates = {k: v for k, v in (("host", args.host), ("port", args.port)) if v is not None}
     settings = settings.model_copy(update=updates)
-    refusal = open_bind_refusal(settings, settings.host)
+    refusal = open_bind_refusal(settings, settings.host) or results_refusal(settings)
     if refusal:
         print(f"dip serve: error: {refusal}", file=sys.stderr)
         return 2

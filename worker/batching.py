@@ -13,15 +13,15 @@ and shapes agree, and the others one by one).
 
 from __future__ import annotations
 
+import io
 import logging
 import time
-from pathlib import Path
 from typing import Any
 
 from PIL import Image
 
 from core.config import Settings
-from core.layout import job_dir
+from core.results import ResultsStore, ResultsUnavailable
 from core.store import Claim, ClaimOutcome, JobRecord, JobStatus, StoreUnavailable, WorkerStore
 from dip_engine.io import IMAGE_FORMATS
 
@@ -32,27 +32,31 @@ PER_JOB = frozenset({"seed", "noise_sigma", "add_noise_sigma", "drop_fraction"})
 POLL_S = 0.2
 
 
-def batch_key(record: JobRecord, results_dir: Path) -> tuple[Any, ...] | None:
+def batch_key(record: JobRecord, results: ResultsStore) -> tuple[Any, ...] | None:
     """What jobs of one batch share; ``None`` when the job's image cannot be read."""
     name = next((name for name in record.files if name.startswith("input.")), None)
     if name is None:
         return None
     try:
-        with Image.open(job_dir(results_dir, record.id) / record.files[name], formats=IMAGE_FORMATS) as image:
+        local = results.local_path(record.id, record.files[name])
+        # Object storage: the image is read into memory (it is at most DIP_MAX_UPLOAD_BYTES).
+        source = local if local is not None else io.BytesIO(b"".join(results.read(record.id, record.files[name])))
+        with Image.open(source, formats=IMAGE_FORMATS) as image:
             size = image.size
-    except (OSError, ValueError):
-        return None  # the engine reports a bad input with its own message
+    except (OSError, ValueError, ResultsUnavailable):
+        return None  # the engine reports a bad input with its own message; an outage runs the job alone
     params = {key: value for key, value in record.params.items() if key not in PER_JOB}
     masked = any(name.startswith("mask.") for name in record.files)
     return record.task, repr(sorted(params.items())), size, masked
 
 
-def gather(store: WorkerStore, leader: Claim, settings: Settings, *, worker: str) -> list[Claim]:
+def gather(store: WorkerStore, leader: Claim, settings: Settings, *, results: ResultsStore,
+           worker: str) -> list[Claim]:
     """Claim up to ``batch_max - 1`` queued jobs that can share ``leader``'s batch, looking
     for up to ``batch_wait_s``. Returns their claims (none when batching is off)."""
     if settings.batch_max <= 1 or leader.record is None:
         return []
-    key = batch_key(leader.record, settings.results_dir)
+    key = batch_key(leader.record, results)
     if key is None:
         return []
     time_limit = store.time_limit_s(leader.record.id)
@@ -71,7 +75,7 @@ def gather(store: WorkerStore, leader: Claim, settings: Settings, *, worker: str
                     continue
                 if job_id not in keys:
                     keys[job_id] = (None if store.time_limit_s(job_id) != time_limit
-                                    else batch_key(record, settings.results_dir))
+                                    else batch_key(record, results))
                 if keys[job_id] != key:
                     continue
                 claim = store.claim(job_id, worker=worker, max_attempts=settings.max_attempts,

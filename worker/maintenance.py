@@ -29,7 +29,8 @@ from celery import bootsteps
 from celery.signals import worker_shutting_down
 
 from core.config import Settings
-from core.layout import JOB_ID, STAGING_DIR, job_dir
+from core.layout import STAGING_DIR
+from core.results import ResultsStore, ResultsUnavailable, open_results
 from core.store import StoreError, WorkerStore, check_eviction_policy
 from worker.recovery import Send, reap, worker_sender
 from worker.webhooks import Deliverer
@@ -42,22 +43,23 @@ HEARTBEAT_INTERVAL_S = 5.0
 @dataclass(frozen=True)
 class SweepReport:
     expired_jobs: int  # whose record expired, files deleted
-    orphan_dirs: int  # deleted: abandoned uploads, and folders without a record past the retention
-    orphans_kept: int = 0  # folders without a record, kept until a retention after their newest file
+    orphan_dirs: int  # deleted: abandoned uploads, and job files without a record past the retention
+    orphans_kept: int = 0  # jobs' files without a record, kept until a retention after their newest file
 
 
-def sweep(store: WorkerStore, results_dir: Path, *, now: float | None = None, grace_s: float = 3600,
-          limit: int = 500) -> SweepReport:
-    """Delete expired jobs' files and index entries, abandoned uploads, and folders that no
+def sweep(store: WorkerStore, results: ResultsStore, *, staging: Path | None = None, now: float | None = None,
+          grace_s: float = 3600, limit: int = 500) -> SweepReport:
+    """Delete expired jobs' files and index entries, abandoned uploads, and job files that no
     record owns once they are as old as the retention.
 
-    A folder is deleted only a full retention period after its own newest file, record or no
-    record: a record can be missing because Redis lost it (a crash's last second, a failover to
+    A job's files are deleted only a full retention period after its own newest file, record or
+    no record: a record can be missing because Redis lost it (a crash's last second, a failover to
     a lagging replica, FLUSHDB, another database), and the results are then the only copy.
 
     Args:
         store: The job store; its ``retention_s`` says which jobs can have expired.
-        results_dir: The results volume.
+        results: The results store (the local volume or a bucket): files are deleted by job prefix.
+        staging: Where the API stages uploads, when it is on this host's disk (the local volume).
         now: Unix time (default: the current time).
         grace_s: Leave alone uploads being staged for less than this.
         limit: Expired jobs handled per call (the rest go next time).
@@ -67,42 +69,29 @@ def sweep(store: WorkerStore, results_dir: Path, *, now: float | None = None, gr
     expired = orphans = kept = 0
     for job_id in store.expired_job_ids(created_before=now - retention_s, limit=limit):
         if store.purge(job_id):
-            directory = job_dir(results_dir, job_id)
-            if not directory.exists() or _newest_change(directory) < now - retention_s:
-                shutil.rmtree(directory, ignore_errors=True)
+            newest = results.newest_change(job_id)
+            if newest is None or newest < now - retention_s:
+                results.delete(job_id)
                 expired += 1
-    if not results_dir.is_dir():
-        return SweepReport(expired, orphans, kept)
-    staging = results_dir / STAGING_DIR
-    for entry in [*staging.iterdir()] if staging.is_dir() else []:
+    for entry in [*staging.iterdir()] if staging is not None and staging.is_dir() else []:
         if entry.is_dir() and entry.stat().st_mtime < now - grace_s:
             shutil.rmtree(entry, ignore_errors=True)
             orphans += 1
-    for entry in results_dir.iterdir():
-        if not (entry.is_dir() and JOB_ID.fullmatch(entry.name)) or store.exists(entry.name):
+    for job_id in list(results.job_ids()):
+        if store.exists(job_id):
             continue
-        newest = _newest_change(entry)
+        newest = results.newest_change(job_id)
+        if newest is None:
+            continue  # deleted meanwhile
         if newest < now - retention_s:
-            shutil.rmtree(entry, ignore_errors=True)
+            results.delete(job_id)
             orphans += 1
         else:
             kept += 1
-            log.warning("orphan results folder %s: no job record (lost by Redis?); kept until %s, a retention "
-                        "period after its newest file", entry.name,
+            log.warning("orphan results of job %s in %r: no job record (lost by Redis?); kept until %s, a "
+                        "retention period after its newest file", job_id, results,
                         time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(newest + retention_s)))
     return SweepReport(expired, orphans, kept)
-
-
-def _newest_change(directory: Path) -> float:
-    """The latest modification time of ``directory`` and everything in it."""
-    newest = directory.stat().st_mtime
-    for root, dirs, files in os.walk(directory):
-        for name in (*dirs, *files):
-            try:
-                newest = max(newest, os.stat(os.path.join(root, name)).st_mtime)
-            except OSError:
-                continue  # removed meanwhile
-    return newest
 
 
 class Maintenance(bootsteps.StartStopStep):
@@ -116,22 +105,22 @@ class Maintenance(bootsteps.StartStopStep):
         self._timers: list[Any] = []
         self._store: WorkerStore | None = None
         self._name = ""
-        self._results_dir = Path()
+        self._results: ResultsStore | None = None
         self._settings: Settings | None = None
         self._send: Send | None = None
         self._deliverer: Deliverer | None = None
 
     def start(self, worker: Any) -> None:
         settings = self._settings = worker.app.conf.dip_settings
-        self._store = WorkerStore.from_url(settings.redis_url, retention_s=settings.retention_s,
-                                           redispatch_s=settings.redispatch_s)
+        self._store = WorkerStore.from_settings(settings, retention_s=settings.retention_s,
+                                                redispatch_s=settings.redispatch_s)
         self._check_eviction(settings)
         self._name = worker.hostname
         try:  # a worker restarted under the same name starts healthy (worker.failures)
             self._store.clear_unhealthy(self._name)
         except StoreError as exc:
             log.warning("could not clear this worker's health entry: %s", exc)
-        self._results_dir = settings.results_dir
+        self._results = open_results(settings)
         self._send = worker_sender(worker.app, settings)
         worker_shutting_down.connect(self._drain, weak=False)
         self._beat()
@@ -203,7 +192,7 @@ class Maintenance(bootsteps.StartStopStep):
         # Runs inside Celery's signal handler, which may have interrupted this process's
         # own Redis calls: a client of its own cannot wait on their connection pool's lock.
         settings = self._settings
-        store = WorkerStore.from_url(settings.redis_url, retention_s=settings.retention_s)
+        store = WorkerStore.from_settings(settings, retention_s=settings.retention_s)
         try:
             store.set_draining(f"{self._name}:{os.getpid()}")
             log.info("shutting down: running jobs hand themselves back")
@@ -215,8 +204,9 @@ class Maintenance(bootsteps.StartStopStep):
 
     def _sweep(self) -> None:
         try:
-            report = sweep(self._store, self._results_dir)
-        except (StoreError, OSError) as exc:
+            report = sweep(self._store, self._results,
+                           staging=self._settings.results_dir / STAGING_DIR if self._results.shared_disk else None)
+        except (StoreError, ResultsUnavailable, OSError) as exc:
             log.warning("retention sweep failed: %s", exc)
             return
         if report.expired_jobs or report.orphan_dirs or report.orphans_kept:

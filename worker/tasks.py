@@ -13,9 +13,10 @@ from celery import Task, shared_task
 from celery.exceptions import Reject, SoftTimeLimitExceeded
 
 from core.config import Settings
-from core.layout import OUT_DIR, job_dir, output_file_name
+from core.layout import OUT_DIR, output_file_name
 from core.process import pid_alive
 from core.queue import RESTORE_TASK
+from core.results import ResultsStore, ResultsUnavailable, open_results
 from core.schemas import JobCreate
 from core.store import Claim, ClaimOutcome, JobRecord, JobStatus, StoreError, StoreUnavailable, WorkerStore
 from dip_engine.errors import InputError
@@ -29,6 +30,7 @@ from worker.outage import until_store_answers
 from worker.progress import JobReporter
 from worker.recovery import Send, dispatch, new_dispatch_id, worker_sender
 from worker.signals import select_device
+from worker.workspace import RESULTS_UNAVAILABLE, Workspace
 
 log = logging.getLogger(__name__)
 
@@ -39,6 +41,7 @@ class JobTask(Task):
 
     _store: WorkerStore | None = None
     _health: DeviceHealth | None = None
+    _results: ResultsStore | None = None
 
     @property
     def settings(self) -> Settings:
@@ -51,13 +54,19 @@ class JobTask(Task):
         return self._health
 
     @property
+    def results(self) -> ResultsStore:
+        if self._results is None:
+            self._results = open_results(self.settings)
+        return self._results
+
+    @property
     def store(self) -> WorkerStore:
         if self._store is None:
             # A call stuck on a silent Redis must not outlast the lease's margin: the
             # fence (worker.lease) is checked between calls.
-            self._store = WorkerStore.from_url(self.settings.redis_url, retention_s=self.settings.retention_s,
-                                               redispatch_s=self.settings.redispatch_s,
-                                               socket_timeout_s=min(10.0, self.settings.lease_margin_s / 2))
+            self._store = WorkerStore.from_settings(self.settings, retention_s=self.settings.retention_s,
+                                                    redispatch_s=self.settings.redispatch_s,
+                                                    socket_timeout_s=min(10.0, self.settings.lease_margin_s / 2))
         return self._store
 
 
@@ -84,10 +93,10 @@ def restore_job(self: JobTask, job_id: str) -> str:
     maybe_crash("crash_on_start", job_id)
     # The job's own limit travels in its message (Celery enforces it); else the workers' default.
     time_limit_s = (self.request.timelimit or (None, None))[1] or settings.soft_time_limit_s
-    claims = [claim, *gather(self.store, claim, settings, worker=f"{node}:{os.getpid()}")]
+    claims = [claim, *gather(self.store, claim, settings, results=self.results, worker=f"{node}:{os.getpid()}")]
     if len(claims) > 1:
         log.info("job %s: batched with %s", job_id, ", ".join(c.record.id for c in claims[1:] if c.record))
-    statuses = run_jobs(self.store, claims, settings, worker=f"{node}:{os.getppid()}", parent_pid=os.getppid(),
+    statuses = run_jobs(self.store, claims, settings, results=self.results, worker=f"{node}:{os.getppid()}", parent_pid=os.getppid(),
                         send=worker_sender(self.app, settings), time_limit_s=time_limit_s, health=self.health)
     if self.health.tripped and not self.health.announced:
         _stop_taking_jobs(self, node)
@@ -176,8 +185,8 @@ def _died_here(holder: str, node: str) -> bool:
     return holder_node == node and pid.isdigit() and not pid_alive(int(pid))
 
 
-def run_jobs(store: WorkerStore, claims: Sequence[Claim], settings: Settings, *, worker: str, send: Send,
-             parent_pid: int | None = None, time_limit_s: float | None = None,
+def run_jobs(store: WorkerStore, claims: Sequence[Claim], settings: Settings, *, results: ResultsStore,
+             worker: str, send: Send, parent_pid: int | None = None, time_limit_s: float | None = None,
              health: DeviceHealth | None = None) -> list[JobStatus | None]:
     """Run the engine on claimed jobs, as one batch where they can share a model, and write
     how each ended.
@@ -187,13 +196,16 @@ def run_jobs(store: WorkerStore, claims: Sequence[Claim], settings: Settings, *,
 
     Returns:
         Each job's final status, in order; ``queued`` if it was handed back (the worker is
-        shutting down, or the results disk is full); ``None`` if its lease was lost (another
+        shutting down, the results disk is full or the results store unreachable); ``None`` if its lease was lost (another
         worker runs it: nothing written).
     """
     records = [claim.record for claim in claims]
     assert all(record is not None for record in records)
-    directories = [job_dir(settings.results_dir, record.id) for record in records]  # type: ignore[union-attr]
+    workspaces = [Workspace(results, record.id, settings) for record in records]  # type: ignore[union-attr]
+    directories = [workspace.directory for workspace in workspaces]
     with ExitStack() as held:
+        for workspace in workspaces:
+            held.callback(workspace.close)
         leases = [held.enter_context(LeaseKeeper(store, record.id, claim.token, lease_s=settings.lease_s,
                                                  held_since=claim.sent_at))
                   for claim, record in zip(claims, records)]  # type: ignore[union-attr]
@@ -202,9 +214,13 @@ def run_jobs(store: WorkerStore, claims: Sequence[Claim], settings: Settings, *,
                      for lease, directory in zip(leases, directories)]
         outcomes: list[RestoreResult | tuple[str, str] | None] = [None] * len(claims)
         requests: dict[int, RestoreRequest] = {}
-        for i, (record, directory, reporter) in enumerate(zip(records, directories, reporters)):
+        for i, (record, workspace, reporter) in enumerate(zip(records, workspaces, reporters)):
             try:
-                requests[i] = _request(record, directory, reporter, settings)  # type: ignore[arg-type]
+                workspace.pull()
+                requests[i] = _request(record, workspace, reporter, settings)  # type: ignore[arg-type]
+            except ResultsUnavailable as exc:
+                log.error("job %s: its files could not be fetched (%s); handing it back", record.id, exc)  # type: ignore[union-attr]
+                outcomes[i] = (RESULTS_UNAVAILABLE, str(exc))
             except InputError as exc:
                 outcomes[i] = (exc.code, exc.message)
             except Exception as exc:  # noqa: BLE001 - a record the engine cannot read fails that job only
@@ -231,6 +247,10 @@ def run_jobs(store: WorkerStore, claims: Sequence[Claim], settings: Settings, *,
                 device = requests[next(iter(requests))].spec.device if requests else "device"
                 for i in requests:
                     outcomes[i] = (OUT_OF_MEMORY, out_of_memory_message(requests[i].inputs.image, device=device))
+            elif isinstance(exc, ResultsUnavailable):  # the object store, not this worker: handed back
+                log.error("jobs %s: the results store stays unavailable (%s); handing them back", ids, exc)
+                for i in requests:
+                    outcomes[i] = (RESULTS_UNAVAILABLE, str(exc))
             elif (full := disk_full_error(exc)) is not None:  # the volume, not the job: handed back
                 log.error("jobs %s: the results disk is full (%s); handing them back", ids, full)
                 device_failure = f"results disk full ({full})"
@@ -248,20 +268,21 @@ def run_jobs(store: WorkerStore, claims: Sequence[Claim], settings: Settings, *,
                 health.failed(device_failure)
             elif any(isinstance(outcome, RestoreResult) for outcome in outcomes):
                 health.ok()
-        return [_end(store, lease, reporter, directory, outcome, settings, send)
-                for lease, reporter, directory, outcome in zip(leases, reporters, directories, outcomes)]
+        return [_end(store, lease, reporter, workspace, outcome, settings, send)
+                for lease, reporter, workspace, outcome in zip(leases, reporters, workspaces, outcomes)]
 
 
-def _request(record: JobRecord, directory: Path, reporter: JobReporter, settings: Settings) -> RestoreRequest:
+def _request(record: JobRecord, workspace: Workspace, reporter: JobReporter, settings: Settings) -> RestoreRequest:
+    directory = workspace.directory
     spec = JobCreate.model_validate(record.params).to_spec(device=select_device(settings.device),
                                                            deterministic=settings.deterministic)
     inputs = RestoreInputs(image=_input(record, directory, "input."), mask=_input(record, directory, "mask."),
                            kernel=_input(record, directory, "kernel."),
                            reference=_input(record, directory, "reference."))
-    return RestoreRequest(spec, inputs, directory / OUT_DIR, callbacks=[reporter, *maybe_slow(record.id)])
+    return RestoreRequest(spec, inputs, directory / OUT_DIR, callbacks=[workspace, reporter, *maybe_slow(record.id)])
 
 
-def _end(store: WorkerStore, lease: LeaseKeeper, reporter: JobReporter, directory: Path,
+def _end(store: WorkerStore, lease: LeaseKeeper, reporter: JobReporter, workspace: Workspace,
          outcome: RestoreResult | tuple[str, str] | Exception | None, settings: Settings,
          send: Send) -> JobStatus | None:
     """Record how one job ended: its result, its error, or its hand-back."""
@@ -273,16 +294,22 @@ def _end(store: WorkerStore, lease: LeaseKeeper, reporter: JobReporter, director
     if isinstance(outcome, RestoreResult) and reporter.handed_back:
         lease.stop()
         return _hand_back(store, lease, settings, send)
-    if isinstance(outcome, tuple) and outcome[0] == DISK_FULL:
+    if isinstance(outcome, RestoreResult):
+        try:
+            workspace.push_outputs()  # before the record names them
+        except ResultsUnavailable as exc:
+            log.error("job %s: its outputs could not be stored (%s); handing it back", job_id, exc)
+            outcome = (RESULTS_UNAVAILABLE, str(exc))
+    if isinstance(outcome, tuple) and outcome[0] in (DISK_FULL, RESULTS_UNAVAILABLE):
         lease.stop()
-        return _hand_back(store, lease, settings, send, reason=DISK_FULL)
+        return _hand_back(store, lease, settings, send, reason=outcome[0])
     status = JobStatus.failed
     fields: dict[str, Any] = {}
     files: dict[str, str] = {}
     error = outcome if isinstance(outcome, tuple) else None
     if isinstance(outcome, RestoreResult):
         status = JobStatus.canceled if outcome.stop_reason == "canceled" else JobStatus.succeeded
-        files = {output_file_name(kind, path): path.relative_to(directory).as_posix()
+        files = {output_file_name(kind, path): path.relative_to(workspace.directory).as_posix()
                  for kind, path in outcome.files.items() if path.is_file()}
         fields = {"stop_reason": outcome.stop_reason, "iteration": outcome.iterations,
                   "best_iteration": outcome.best_iteration, "early_stop_iteration": outcome.early_stop_iteration,

@@ -2,17 +2,15 @@
 
 from __future__ import annotations
 
-import shutil
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Header, Query, Request, Response, status
 from starlette.concurrency import run_in_threadpool
 
-from api.deps import AUTH_RESPONSES, CallerDep, JobDep, QueueDep, SettingsDep, StoreDep
+from api.deps import AUTH_RESPONSES, CallerDep, JobDep, QueueDep, ResultsDep, SettingsDep, StoreDep
 from api.errors import ApiError, job_not_found
 from api.submission import form_openapi, submit_job
 from api.views import job_url, present
-from core.layout import job_dir
 from core.schemas import ErrorBody, JobList, JobPublic
 from core.store import InvalidCursor, JobStatus
 
@@ -36,7 +34,8 @@ _ERRORS: dict[int | str, dict[str, Any]] = {404: {"model": ErrorBody, "descripti
         429: {"model": ErrorBody, "description": "Too many jobs waiting (DIP_MAX_QUEUED, "
                                                  "DIP_MAX_QUEUED_PER_CLIENT); retry after `Retry-After` seconds.",
               "headers": {"Retry-After": {"schema": {"type": "integer"}}}},
-        503: {"model": ErrorBody, "description": "Redis or the broker is unreachable; nothing was kept. "
+        503: {"model": ErrorBody, "description": "Redis, the broker or the object store is unreachable; nothing "
+                                                 "was kept. "
                                                  "Retry after `Retry-After` seconds.",
               "headers": {"Retry-After": {"schema": {"type": "integer"}}}},
         507: {"model": ErrorBody, "description": "The results volume is full (`insufficient_storage`); "
@@ -50,14 +49,16 @@ async def create_job(
     settings: SettingsDep,
     store: StoreDep,
     queue: QueueDep,
+    results: ResultsDep,
     idempotency_key: Annotated[str | None, Header(
         description="Any 1-128 characters of A-Z a-z 0-9 . _ : -; a retry with the same key "
                     "returns the job created first instead of a new one.")] = None,
 ) -> JobPublic:
-    """Upload an image (multipart form: `image`, optional `mask` and `reference` files, and the
-    parameters as fields). Answers at once with the queued job; follow it with `GET`,
-    `/events` or `/history`."""
-    record, _ = await submit_job(request, settings=settings, store=store, queue=queue,
+    """Upload an image (multipart form: `image`, optional `mask`, `kernel` and `reference` files, and
+    the parameters as fields), or name it: `image_url` (and `mask_url`...) instead of the file part,
+    fetched by the server before it answers. Answers at once with the queued job; follow it with
+    `GET`, `/events` or `/history`."""
+    record, _ = await submit_job(request, settings=settings, store=store, queue=queue, results=results,
                                  idempotency_key=idempotency_key, owner=caller.owner)
     response.headers["Location"] = job_url(request, record.id)
     return present(request, record)
@@ -117,11 +118,11 @@ async def cancel_job(request: Request, response: Response, job: JobDep, store: S
     summary="Delete a job and its files",
     responses={**_ERRORS, 409: {"model": ErrorBody, "description": "Running: cancel it first."}},
 )
-async def delete_job(job: JobDep, store: StoreDep, settings: SettingsDep) -> Response:
+async def delete_job(job: JobDep, store: StoreDep, results: ResultsDep) -> Response:
     outcome = await store.delete(job.id, owner=job.owner)
     if outcome == JobStatus.running.value:
         raise ApiError(409, "conflict", f"job {job.id} is running; cancel it first (POST .../cancel)")
     if outcome == "missing":
         raise job_not_found(job.id)
-    await run_in_threadpool(shutil.rmtree, job_dir(settings.results_dir, job.id), ignore_errors=True)
+    await run_in_threadpool(results.delete, job.id)
     return Response(status_code=status.HTTP_204_NO_CONTENT)

@@ -4,15 +4,20 @@ from __future__ import annotations
 
 import csv
 import io
+import itertools
+import mimetypes
+from collections.abc import Iterator
 from typing import Annotated, Literal
 
 from fastapi import APIRouter, Header, Query, Request, Response
-from fastapi.responses import FileResponse
+from fastapi.responses import FileResponse, RedirectResponse, StreamingResponse
+from starlette.concurrency import iterate_in_threadpool, run_in_threadpool
 
-from api.deps import AUTH_RESPONSES, JobDep, SettingsDep, StoreDep
+from api.deps import AUTH_RESPONSES, JobDep, ResultsDep, SettingsDep, StoreDep
 from api.errors import ApiError
 from api.views import job_url
-from core.layout import FILE_NAME, job_dir, snapshot_names, snapshot_order
+from core.layout import FILE_NAME, snapshot_names, snapshot_order
+from core.results import ResultsStore
 from core.schemas import ErrorBody, HistoryPoint, Snapshot, SnapshotPage
 
 router = APIRouter(prefix="/v1/jobs", tags=["results"], responses=AUTH_RESPONSES)
@@ -71,12 +76,17 @@ async def list_snapshots(
     response_class=FileResponse,
     responses={**_NOT_FOUND, 200: {"content": {"image/png": {}, "application/json": {}},
                                    "description": "The file."},
-               304: {"description": "Unchanged since the ETag given in If-None-Match."}},
+               304: {"description": "Unchanged since the ETag given in If-None-Match."},
+               307: {"description": "With object storage and DIP_PRESIGN: a presigned URL of the file, "
+                                    "valid for DIP_PRESIGN_EXPIRES_S.",
+                     "headers": {"Location": {"schema": {"type": "string"}}}},
+               503: {"model": ErrorBody, "description": "The object store is unreachable."}},
 )
 async def get_file(
     job: JobDep,
     name: str,
     settings: SettingsDep,
+    results: ResultsDep,
     if_none_match: Annotated[str | None, Header()] = None,
 ) -> Response:
     """`name` is one listed in the job's `inputs`/`outputs`: `input.png`, `mask.png`,
@@ -84,17 +94,40 @@ async def get_file(
     relative = job.files.get(name) if FILE_NAME.fullmatch(name) else None
     if relative is None:
         raise ApiError(404, "not_found", f"job {job.id} has no file {name!r}")
-    root = job_dir(settings.results_dir, job.id).resolve()
-    path = (root / relative).resolve()
-    if not path.is_relative_to(root) or not path.is_file():
+    try:
+        info = await run_in_threadpool(results.info, job.id, relative)
+    except ValueError:  # a stored name that leaves the job's folder
+        info = None
+    if info is None:
         raise ApiError(404, "not_found", f"job {job.id} has no file {name!r} (any more)")
-    stat = path.stat()
-    etag = f'"{stat.st_mtime_ns:x}-{stat.st_size:x}"'
-    headers = {"ETag": etag, "Cache-Control": "no-cache"}
-    if if_none_match is not None and _etag_matches(if_none_match, etag):
+    headers = {"ETag": info.etag, "Cache-Control": "no-cache"}
+    if if_none_match is not None and _etag_matches(if_none_match, info.etag):
         return Response(status_code=304, headers=headers)
-    return FileResponse(path, stat_result=stat, headers=headers, filename=f"{job.id}-{name}",
-                        content_disposition_type="inline")
+    filename = f"{job.id}-{name}"
+    path = results.local_path(job.id, relative)
+    if path is not None:
+        return FileResponse(path, headers=headers, filename=filename, content_disposition_type="inline")
+    if settings.presign:
+        # Handed only to whoever may read the job (JobDep checked it), and it expires.
+        url = results.url(job.id, relative, expires_s=settings.presign_expires_s, filename=filename)
+        if url is not None:
+            return RedirectResponse(url, status_code=307, headers={**headers, "Cache-Control": "no-store"})
+    chunks = await run_in_threadpool(_first_chunk, results, job.id, relative)
+    media_type = mimetypes.guess_type(name)[0] or "application/octet-stream"
+    return StreamingResponse(iterate_in_threadpool(chunks), media_type=media_type, headers={
+        **headers, "Content-Length": str(info.size),
+        "Content-Disposition": f'inline; filename="{filename}"'})
+
+
+def _first_chunk(results: ResultsStore, job_id: str, name: str) -> Iterator[bytes]:
+    """The object's chunks, its first one read already (so an outage or a vanished file is
+    answered with 503 or 404 before the 200 goes out)."""
+    chunks = results.read(job_id, name)
+    try:
+        first = next(chunks, b"")
+    except FileNotFoundError:
+        raise ApiError(404, "not_found", f"job {job_id} has no file {name!r} (any more)") from None
+    return itertools.chain([first], chunks)
 
 
 def _etag_matches(header: str, etag: str) -> bool:

@@ -177,7 +177,7 @@ def test_the_workers_sweep_timer_deletes_old_folders_and_keeps_recent_orphans(cl
     worker = cluster.start_worker("sweeper", DIP_RETENTION_S=str(retention_s), DIP_SWEEP_INTERVAL_S="1")
     cluster.until(lambda: not (cluster.results_dir / old).exists(), timeout_s=30,
                   what="the sweep timer deletes the old orphan", on_timeout=worker.tail)
-    cluster.until(lambda: "orphan results folder " + recent in worker.text(), timeout_s=30,
+    cluster.until(lambda: "orphan results of job " + recent in worker.text(), timeout_s=30,
                   what="the recent orphan is logged", on_timeout=worker.tail)
     assert cluster.wait_finished(live)["status"] == "succeeded"
     cluster.until(lambda: worker.text().count("retention sweep:") >= 3, timeout_s=30,

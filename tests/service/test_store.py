@@ -15,7 +15,8 @@ import pytest
 import redis
 import redis.exceptions
 
-from core.layout import new_job_id
+from core.layout import STAGING_DIR, new_job_id
+from core.results.local import LocalResults
 from core.store import ClaimOutcome, JobStatus, JobStore, Keys, RunState, StoreError, StoreUnavailable, WorkerStore
 from worker.maintenance import sweep
 
@@ -169,7 +170,7 @@ def test_sweep_deletes_expired_jobs_files_and_old_orphans_and_keeps_recent_ones(
     # orphan, and the expired job's, 100 s); one whose record went missing recently (Redis lost
     # it) stays until 60 s after its newest file.
     store = WorkerStore.from_url(url, retention_s=60, keys=keys)
-    report = sweep(store, tmp_path, grace_s=3600)
+    report = sweep(store, LocalResults(tmp_path), staging=tmp_path / STAGING_DIR, grace_s=3600)
     assert (report.expired_jobs, report.orphan_dirs, report.orphans_kept) == (0, 2, 1)
     assert not (tmp_path / old_orphan).exists() and not (tmp_path / expired).exists()
     assert (tmp_path / lost).exists() and (tmp_path / kept).exists()
@@ -177,7 +178,8 @@ def test_sweep_deletes_expired_jobs_files_and_old_orphans_and_keeps_recent_ones(
 
     # Two hours on: the expired job's index entry goes, and so do the lost record's folder and the
     # abandoned upload; the live job's folder stays.
-    later = sweep(store, tmp_path, now=time.time() + 7200, grace_s=3600)
+    later = sweep(store, LocalResults(tmp_path), staging=tmp_path / STAGING_DIR, now=time.time() + 7200,
+                  grace_s=3600)
     assert (later.expired_jobs, later.orphan_dirs, later.orphans_kept) == (1, 2, 0)
     assert not (tmp_path / lost).exists() and not staging.exists()
     assert client.zscore(keys.all_jobs, expired) is None and client.zscore(keys.all_jobs, kept) is not None

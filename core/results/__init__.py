@@ -1,0 +1,11 @@
+"""Where the jobs' files live: a local volume, or S3-compatible object storage.
+
+Both the API (inputs in, outputs out) and the workers (inputs down, snapshots,
+checkpoints and outputs up) go through :class:`ResultsStore`; which one is
+chosen by ``DIP_RESULTS_URL`` (:func:`open_results`).
+"""
+
+from core.results.base import ObjectInfo, ResultsStore, ResultsUnavailable
+from core.results.factory import open_results, results_refusal
+
+__all__ = ["ObjectInfo", "ResultsStore", "ResultsUnavailable", "open_results", "results_refusal"]

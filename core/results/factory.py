@@ -1,0 +1,39 @@
+"""Choose the results store from the settings."""
+
+from __future__ import annotations
+
+from urllib.parse import urlsplit
+
+from core.config import Settings
+from core.results.base import ResultsStore
+from core.results.local import LocalResults
+
+
+def open_results(settings: Settings) -> ResultsStore:
+    """The store ``DIP_RESULTS_URL`` names (``s3://bucket/prefix``), else the ``DIP_RESULTS_DIR`` volume.
+
+    Raises:
+        ValueError: A malformed ``DIP_RESULTS_URL`` (checked before any connection).
+    """
+    if not settings.results_url:
+        return LocalResults(settings.results_dir)
+    parts = urlsplit(settings.results_url)
+    if parts.scheme != "s3" or not parts.netloc or parts.query or parts.fragment:
+        raise ValueError(f"DIP_RESULTS_URL must look like s3://bucket or s3://bucket/prefix, "
+                         f"got {settings.results_url!r}")
+    from core.results.s3 import S3Results  # late: boto3 loads in a second or so
+
+    return S3Results(parts.netloc, parts.path.strip("/"), endpoint_url=settings.s3_endpoint_url)
+
+
+def results_refusal(settings: Settings) -> str | None:
+    """Why the configured results store cannot be used (a one-line reason), or ``None``.
+
+    A malformed ``DIP_RESULTS_URL``, missing credentials, a missing bucket or an
+    unreachable endpoint: the processes refuse to start rather than fail every job.
+    """
+    try:
+        open_results(settings).check()
+    except ValueError as exc:
+        return str(exc)
+    return None
