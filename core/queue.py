@@ -4,6 +4,7 @@ producer that hands job ids to the workers by that name (no task code, no torch 
 from __future__ import annotations
 
 from typing import Any
+from urllib.parse import SplitResult, parse_qs, urlsplit
 
 from celery import Celery
 from kombu.exceptions import OperationalError
@@ -13,17 +14,36 @@ from core.config import Settings
 RESTORE_TASK = "dip.restore"
 
 
+def broker_url(settings: Settings) -> str:
+    """The broker's URL: ``redis_url``, or with ``redis_sentinels`` one ``sentinel://`` URL per sentinel
+    (kombu's syntax), each carrying ``redis_url``'s credentials and database.
+
+    Raises:
+        ValueError: Neither is set.
+    """
+    if not settings.redis_sentinels:
+        if not settings.redis_url:
+            raise ValueError("DIP_REDIS_URL is not set: workers and the API need a Redis URL "
+                             "(`dip serve` starts a private Redis and sets it), or DIP_REDIS_SENTINELS")
+        return settings.redis_url
+    # Every URL carries them: kombu moves on to the next URL when a connection fails.
+    url = urlsplit(settings.redis_url or "redis://")
+    userinfo = url.netloc.rpartition("@")[0]  # as written, still percent-encoded
+    credentials = f"{userinfo}@" if userinfo else ""
+    db = _database(url)
+    return ";".join(f"sentinel://{credentials}{_netloc_host(host)}:{port}/{db}"
+                    for host, port in settings.sentinel_addresses)
+
+
 def celery_config(settings: Settings) -> dict[str, Any]:
     """Every Celery option the service sets, for producers and workers alike."""
-    if not settings.redis_url:
-        raise ValueError("DIP_REDIS_URL is not set: workers and the API need a Redis URL "
-                         "(`dip serve` starts a private Redis and sets it)")
     # Redis hands an unacknowledged message to another worker after this long; it
     # must outlast the hard time limit or a long job would run twice.
     transport = {"visibility_timeout": settings.visibility_timeout_s}
+    sentinel = {"master_name": settings.redis_sentinel_master} if settings.redis_sentinels else {}
     return {
-        "broker_url": settings.redis_url,
-        "broker_transport_options": {**transport, "fanout_prefix": True, "fanout_patterns": True},
+        "broker_url": broker_url(settings),
+        "broker_transport_options": {**transport, **sentinel, "fanout_prefix": True, "fanout_patterns": True},
         # Reconnect to a restarted or unreachable Redis for as long as it takes: running
         # jobs go on meanwhile (their lease, not their message, says who runs them).
         "broker_connection_retry_on_startup": True,
@@ -55,6 +75,17 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         # once (worker.maintenance); a cold shutdown (SIGQUIT) still gives them this long.
         "worker_soft_shutdown_timeout": 30.0,
     }
+
+
+def _database(url: SplitResult) -> int:
+    # As redis-py reads a URL: the path's number, unless the query names a db.
+    query = parse_qs(url.query).get("db")
+    text = query[0] if query else url.path.strip("/")
+    return int(text) if text.isdigit() else 0
+
+
+def _netloc_host(host: str) -> str:
+    return f"[{host}]" if ":" in host else host
 
 
 def producer_app(settings: Settings) -> Celery:

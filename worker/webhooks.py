@@ -27,10 +27,11 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import urlsplit
 
 import httpx
 
+from core.addresses import host_header, pinned_url
 from core.config import Settings
 from core.store import EventType, JobEvent, JobRecord, JobStatus, Keys, StoreError, WorkerStore
 from core.store.webhooks import DeliveryState, Pending, pending_json
@@ -148,12 +149,10 @@ def send(url: str, message: Pending, *, secret: str | None, timeout_s: float, al
     headers = signed_headers(secret_key(secret), message_id=message.message_id, timestamp=int(time.time()),
                              body=body)
     parts = urlsplit(url)
-    headers["host"] = parts.netloc.rpartition("@")[2]
+    headers["host"] = host_header(parts)
     error = "no address"
     for address in addresses:
-        host = f"[{address}]" if ":" in address else address
-        pinned = urlunsplit((parts.scheme, f"{host}:{parts.port}" if parts.port else host, parts.path or "/",
-                             parts.query, ""))
+        pinned = pinned_url(parts, address)
         try:
             # One client per delivery: a pooled connection verified for another name on the same
             # address must never carry this one. No proxies from the environment: they would
@@ -191,7 +190,7 @@ class Deliverer:
         self._busy_lock = threading.Lock()
         # Long enough for a few deliveries; a holder that died frees the job within it.
         self._lock_ttl_s = 4 * settings.webhook_timeout_s + 30
-        self._store = WorkerStore.from_url(settings.redis_url, retention_s=settings.retention_s, keys=self._keys)
+        self._store = WorkerStore.from_settings(settings, retention_s=settings.retention_s, keys=self._keys)
         self._deliveries = self._store.deliveries()
 
     def start(self) -> None:

@@ -13,7 +13,9 @@ import inspect
 from collections.abc import Callable
 from typing import Any, TypeVar
 
+import redis.asyncio.sentinel
 import redis.exceptions
+import redis.sentinel
 
 __all__ = ["StoreError", "StoreUnavailable", "neutral", "neutral_methods"]
 
@@ -34,9 +36,16 @@ class StoreUnavailable(StoreError):
     """The job store cannot be reached, or refuses writes for a while: retry later."""
 
 
+# Sentinel's "no primary known" (while a failover is under way) and "the previous master is now
+# a slave" (a demoted primary) are connection errors in redis-py; named all the same, so that a
+# failover never becomes a 500 should that change.
+_FOR_NOW = (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError, redis.exceptions.OutOfMemoryError,
+            redis.exceptions.ReadOnlyError, redis.sentinel.MasterNotFoundError,
+            redis.asyncio.sentinel.MasterNotFoundError)
+
+
 def _for_now(exc: redis.exceptions.RedisError) -> bool:
-    if isinstance(exc, (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError,
-                        redis.exceptions.OutOfMemoryError, redis.exceptions.ReadOnlyError)):
+    if isinstance(exc, _FOR_NOW):
         return True
     text = str(exc)  # "OOM command not allowed..." or "Error running script (...): ... -OOM command..."
     return isinstance(exc, redis.exceptions.ResponseError) and any(

@@ -7,18 +7,22 @@ import binascii
 import json
 import math
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import redis.asyncio as aioredis
 
 from core.webhooks import WebhookLog, WebhookSubscription
 
 from .base import DURATION_BUCKETS, StoreBase, to_json
+from .connect import async_client, close_async
 from .errors import neutral_methods
 from .health import UnhealthyWorker, unhealthy_workers
 from .records import EventType, JobEvent, JobRecord, JobStatus, encode_fields
 from .streams import StreamLeases
 from .webhooks import read_log, subscribe
+
+if TYPE_CHECKING:
+    from core.config import Settings
 
 
 # Longer than any blocking read of the event streams (see read_events).
@@ -30,6 +34,8 @@ _SOCKET_TIMEOUT_S = 30.0
 _POOL_SIZE = 256
 _STREAM_POOL_SIZE = 4096
 _POOL_WAIT_S = 10.0
+_CONNECTION_OPTIONS: dict[str, Any] = {"decode_responses": True, "socket_connect_timeout": 5,
+                                       "socket_timeout": _SOCKET_TIMEOUT_S, "health_check_interval": 30}
 # Default time to send a new job's first message before a worker's reaper sends one.
 DISPATCH_GRACE_S = 30.0
 # Index entries one listing request reads at most while filtering an owner's jobs by
@@ -77,7 +83,8 @@ class StoreStats:
 
 @neutral_methods
 class JobStore(StoreBase):
-    """Job records as the API sees them. Build with :meth:`from_url`; close with :meth:`aclose`.
+    """Job records as the API sees them. Build with :meth:`from_settings` (or :meth:`from_url`); close
+    with :meth:`aclose`.
 
     Args:
         client: For every command but blocking stream reads.
@@ -96,17 +103,24 @@ class JobStore(StoreBase):
     @classmethod
     def from_url(cls, url: str, **options: Any) -> JobStore:
         def client(size: int) -> aioredis.Redis:
-            pool = aioredis.BlockingConnectionPool.from_url(
-                url, max_connections=size, timeout=_POOL_WAIT_S, decode_responses=True, socket_connect_timeout=5,
-                socket_timeout=_SOCKET_TIMEOUT_S, health_check_interval=30)
+            pool = aioredis.BlockingConnectionPool.from_url(url, max_connections=size, timeout=_POOL_WAIT_S,
+                                                            **_CONNECTION_OPTIONS)
             return aioredis.Redis.from_pool(pool)  # closes the pool when closed
 
         return cls(client(_POOL_SIZE), stream_client=client(_STREAM_POOL_SIZE), **options)
 
+    @classmethod
+    def from_settings(cls, settings: Settings, **options: Any) -> JobStore:
+        """The service's Redis: through ``settings.redis_sentinels`` when set, else ``redis_url``."""
+        def client(size: int) -> aioredis.Redis:
+            return async_client(settings, max_connections=size, pool_wait_s=_POOL_WAIT_S, **_CONNECTION_OPTIONS)
+
+        return cls(client(_POOL_SIZE), stream_client=client(_STREAM_POOL_SIZE), **options)
+
     async def aclose(self) -> None:
-        await self.client.aclose()
+        await close_async(self.client)
         if self._stream_client is not self.client:
-            await self._stream_client.aclose()
+            await close_async(self._stream_client)
 
     async def maxmemory_policy(self) -> str:
         """The server's eviction policy (from INFO, which managed Redis services allow where CONFIG is off)."""

@@ -6,17 +6,21 @@ import secrets
 import time
 from dataclasses import dataclass
 from enum import Enum
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import redis
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
 from .base import DURATION_BUCKETS, StoreBase, to_json
+from .connect import close_sync, sync_client
 from .errors import neutral_methods
 from .health import clear_unhealthy, mark_unhealthy
 from .records import JobRecord, JobStatus, encode_fields
 from .webhooks import Deliveries
+
+if TYPE_CHECKING:
+    from core.config import Settings
 
 
 class ClaimOutcome(str, Enum):
@@ -66,6 +70,13 @@ class ReapOutcome(str, Enum):
     gone = "gone"          # ended or deleted
 
 
+def _connection_options(socket_timeout_s: float) -> dict[str, Any]:
+    # Fail fast while Redis is away (the caller decides what to retry); the one retry
+    # replaces a pooled connection that a Redis restart (or a failover) has closed.
+    return {"decode_responses": True, "socket_connect_timeout": min(2.0, socket_timeout_s),
+            "socket_timeout": socket_timeout_s, "health_check_interval": 30, "retry": Retry(NoBackoff(), 1)}
+
+
 def attempt_cap_message(max_attempts: int) -> str:
     return (f"the job was started {max_attempts} times and each time the worker running it "
             f"died or was killed; giving up (attempt cap {max_attempts})")
@@ -73,7 +84,7 @@ def attempt_cap_message(max_attempts: int) -> str:
 
 @neutral_methods
 class WorkerStore(StoreBase):
-    """Job records as a worker process sees them. Build with :meth:`from_url` in the
+    """Job records as a worker process sees them. Build with :meth:`from_settings` in the
     process that uses it (after the fork).
 
     Every write of a run carries the run's lease ``token``: once another worker has
@@ -84,16 +95,16 @@ class WorkerStore(StoreBase):
     def from_url(cls, url: str, *, socket_timeout_s: float = 10.0, **options: Any) -> WorkerStore:
         """``socket_timeout_s``: the longest one call may wait on a silent Redis (a running
         job's store keeps it under its lease's margin, so its fence is never held up)."""
-        # Fail fast while Redis is away (the caller decides what to retry); the one
-        # retry replaces a pooled connection that a Redis restart has closed.
-        client = redis.Redis.from_url(
-            url, decode_responses=True, socket_connect_timeout=min(2.0, socket_timeout_s),
-            socket_timeout=socket_timeout_s, health_check_interval=30, retry=Retry(NoBackoff(), 1),
-        )
-        return cls(client, **options)
+        return cls(redis.Redis.from_url(url, **_connection_options(socket_timeout_s)), **options)
+
+    @classmethod
+    def from_settings(cls, settings: Settings, *, socket_timeout_s: float = 10.0, **options: Any) -> WorkerStore:
+        """The service's Redis: through ``settings.redis_sentinels`` when set, else ``redis_url``
+        (``socket_timeout_s``: as :meth:`from_url`)."""
+        return cls(sync_client(settings, **_connection_options(socket_timeout_s)), **options)
 
     def close(self) -> None:
-        self.client.close()
+        close_sync(self.client)
 
     def get(self, job_id: str) -> JobRecord | None:
         with self.client.pipeline(transaction=False) as pipe:
