@@ -1,9 +1,10 @@
 """Submitting a job: receive the upload, validate it, put it in place, record it, enqueue it.
 
 Nothing is left behind by a refused submission: files are staged under
-``<results_dir>/.staging/<id>/`` and moved into the job directory only once
-valid, and the record is written last (and removed again if the job cannot
-be enqueued: 503 when the broker is unreachable).
+``.staging/<id>/`` (in the results volume, or in ``DIP_SCRATCH_DIR`` with
+object storage) and put in the results store only once valid, all or none;
+the record is written last (and removed again if the job cannot be enqueued:
+503 when the broker or the object store is unreachable).
 
 No job is lost if the API dies between writing the record and sending its
 message: the record is written as awaiting its dispatch, and the dispatch is
@@ -30,10 +31,12 @@ from fastapi import Request
 from starlette.concurrency import run_in_threadpool
 
 from api.errors import ApiError
+from api.fetch import fetch_inputs, input_url_form_fields
 from api.uploads import receive_form
 from core.config import Settings
-from core.layout import INPUT_FIELDS, STAGING_DIR, input_file_name, job_dir, new_job_id
+from core.layout import INPUT_FIELDS, STAGING_DIR, input_file_name, new_job_id
 from core.queue import BrokerUnavailable, JobQueue
+from core.results import ResultsStore, ResultsUnavailable
 from core.schemas import JobCreate
 from core.store import JobRecord, JobStore, StoreError
 from core.store.jobs import QueueFull
@@ -50,7 +53,7 @@ QUEUE_FULL_RETRY_AFTER_S = 30
 
 
 async def submit_job(request: Request, *, settings: Settings, store: JobStore, queue: JobQueue,
-                     idempotency_key: str | None, owner: str = "") -> tuple[JobRecord, bool]:
+                     results: ResultsStore, idempotency_key: str | None, owner: str = "") -> tuple[JobRecord, bool]:
     """Create and enqueue the job described by the multipart ``request``.
 
     Args:
@@ -83,13 +86,15 @@ async def submit_job(request: Request, *, settings: Settings, store: JobStore, q
             raise _queue_full(QueueFull("client", settings.max_queued_per_client))
 
     job_id = new_job_id()
-    staging = settings.results_dir / STAGING_DIR / job_id
-    target = job_dir(settings.results_dir, job_id)
+    # On the results volume itself, so that putting the job in place is one rename.
+    staging = (settings.results_dir if results.shared_disk else settings.scratch_dir) / STAGING_DIR / job_id
     try:
         staging.mkdir(parents=True)
         upload = await receive_form(
             request.headers.get("content-type"), request.headers.get("content-length"), request.stream(),
             staging, file_fields=frozenset(INPUT_FIELDS), max_file_bytes=settings.max_upload_bytes)
+        # Inputs given by URL land where their uploads would have: the checks below are the same.
+        await fetch_inputs(upload.fields, upload.files, staging, settings=settings)
         webhook = await run_in_threadpool(_webhook, upload.fields, settings)  # resolves the host: blocking
         params = JobCreate.model_validate(upload.fields, context={"max_iterations": settings.max_iterations})
         fingerprint = await run_in_threadpool(request_fingerprint, params, upload.files)
@@ -97,7 +102,12 @@ async def submit_job(request: Request, *, settings: Settings, store: JobStore, q
             shutil.rmtree(staging, ignore_errors=True)
             return await _retried(store, known, fingerprint, idempotency_key or ""), False
         files = await run_in_threadpool(place_inputs, params, upload.files, staging, settings=settings)
-        staging.rename(target)
+        await run_in_threadpool(results.put_folder, job_id, staging)
+    except ResultsUnavailable as exc:
+        shutil.rmtree(staging, ignore_errors=True)
+        log.warning("upload refused, the results store is unavailable: %s", exc)
+        raise ApiError(503, "unavailable", "the results store (object storage) is unreachable; the upload "
+                       "was not stored; retry shortly", headers={"Retry-After": "5"}) from None
     except OSError as exc:
         shutil.rmtree(staging, ignore_errors=True)
         if exc.errno not in (errno.ENOSPC, errno.EDQUOT):
@@ -124,20 +134,20 @@ async def submit_job(request: Request, *, settings: Settings, store: JobStore, q
             await run_in_threadpool(queue.enqueue, job_id, time_limit_s=settings.job_time_limit_s,
                                     kill_after_s=max(1, settings.hard_time_limit_s - settings.soft_time_limit_s))
     except QueueFull as exc:
-        shutil.rmtree(target, ignore_errors=True)
+        await _delete_files(results, job_id)
         raise _queue_full(exc) from None
     except BrokerUnavailable as exc:
         log.warning("job %s not enqueued, submission refused: %s", job_id, exc)
-        await _roll_back(store, job_id, target, owner=owner)
+        await _roll_back(store, results, job_id, owner=owner)
         raise ApiError(503, "unavailable", "the job queue (broker) is unreachable; retry shortly",
                        headers={"Retry-After": "5"}) from None
     except Exception:
-        await _roll_back(store, job_id, target, owner=owner)
+        await _roll_back(store, results, job_id, owner=owner)
         raise
     if record is None:
         raise ApiError(409, "conflict", "the job was deleted while it was being submitted")
     if winner != job_id:  # a concurrent retry with the same key got there first
-        shutil.rmtree(target, ignore_errors=True)
+        await _delete_files(results, job_id)
         return await _retried(store, record, fingerprint, idempotency_key or ""), False
     await _confirm_dispatch(store, job_id)
     return record, True
@@ -172,9 +182,16 @@ async def _retried(store: JobStore, record: JobRecord, fingerprint: str, idempot
     return record
 
 
-async def _roll_back(store: JobStore, job_id: str, target: Path, *, owner: str) -> None:
+async def _roll_back(store: JobStore, results: ResultsStore, job_id: str, *, owner: str) -> None:
     await store.delete(job_id, owner=owner)
-    shutil.rmtree(target, ignore_errors=True)
+    await _delete_files(results, job_id)
+
+
+async def _delete_files(results: ResultsStore, job_id: str) -> None:
+    try:
+        await run_in_threadpool(results.delete, job_id)
+    except ResultsUnavailable as exc:  # no record names them: the sweep deletes them a retention later
+        log.warning("job %s: its files could not be deleted (%s); the sweep will", job_id, exc)
 
 
 async def _confirm_dispatch(store: JobStore, job_id: str) -> None:
@@ -201,7 +218,7 @@ def place_inputs(params: JobCreate, uploads: dict[str, Path], staging: Path, *,
         InputError: Missing image, unreadable/oversized image, wrong mask size...
     """
     if "image" not in uploads:
-        raise InputError("invalid_parameter", "image: a file part named 'image' is required")
+        raise InputError("invalid_parameter", "image: a file part named 'image' (or an image_url) is required")
     spec = params.to_spec()
     validate_spec(spec, max_iterations=settings.max_iterations)
     infos: dict[str, ImageInfo] = {}
@@ -238,10 +255,12 @@ def form_openapi() -> dict[str, Any]:
                                             "weight), at most the image's size; instead of blur_sigma."},
         "reference": {**binary, "description": "Clean image the size of the output, to score PSNR against."},
         **{name: _not_null(field) for name, field in params["properties"].items()},
+        **input_url_form_fields(),
         **webhook_form_fields(),
     }
-    schema = {"type": "object", "properties": properties, "required": ["image", *params.get("required", [])],
-              "additionalProperties": False}
+    # The image is uploaded or fetched: one of `image` and `image_url`.
+    schema = {"type": "object", "properties": properties, "required": params.get("required", []),
+              "anyOf": [{"required": ["image"]}, {"required": ["image_url"]}], "additionalProperties": False}
     return {"requestBody": {"required": True, "content": {"multipart/form-data": {"schema": schema}}}}
 
 

@@ -17,22 +17,18 @@ import base64
 import binascii
 import hashlib
 import hmac
-import ipaddress
 import json
-import socket
-from collections.abc import Callable
 from datetime import datetime
 from typing import Any, Literal
 from urllib.parse import urlsplit
 
 from pydantic import BaseModel, Field, ValidationError, field_validator
 
+from core.addresses import AddressRefused, HostUnresolved, Resolver, allowed_addresses
+
 WebhookEvent = Literal["started", "progress", "snapshot", "completed"]
 WEBHOOK_EVENTS: tuple[WebhookEvent, ...] = ("started", "progress", "snapshot", "completed")
 MAX_URL_LENGTH = 2048
-
-Resolver = Callable[[str, int], list[str]]
-"""``(host, port) -> IP addresses`` (tests substitute their own)."""
 
 
 class InvalidWebhook(ValueError):
@@ -125,38 +121,9 @@ def check_target(url: str, *, allow_http: bool, allow_private: bool,
     if not host:
         raise InvalidWebhook(f"webhook_url {url!r} has no host")
     try:
-        addresses = (resolve or _resolve)(host, port)
-    except OSError as exc:
-        raise InvalidWebhook(f"webhook_url host {host!r} does not resolve ({exc})") from None
-    if not addresses:
-        raise InvalidWebhook(f"webhook_url host {host!r} does not resolve")
-    if not allow_private:
-        for address in addresses:
-            reason = _refused(address)
-            if reason:
-                where = "" if address == host else f" (resolves to {address})"
-                raise InvalidWebhook(f"webhook_url host {host!r}{where} is a {reason} address, "
-                                         "which this server does not call")
-    return addresses
-
-
-def _resolve(host: str, port: int) -> list[str]:
-    infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
-    return list(dict.fromkeys(str(info[4][0]) for info in infos))
-
-
-def _refused(address: str) -> str | None:
-    """Why ``address`` is not a public one (``None``: it is)."""
-    ip = ipaddress.ip_address(address.split("%", 1)[0])
-    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
-        ip = ip.ipv4_mapped
-    for reason, refused in (("loopback", ip.is_loopback), ("link-local", ip.is_link_local),
-                            ("unspecified", ip.is_unspecified), ("multicast", ip.is_multicast),
-                            ("private", ip.is_private), ("reserved", ip.is_reserved),
-                            ("non-global", not ip.is_global)):
-        if refused:
-            return reason
-    return None
+        return allowed_addresses(host, port, allow_private=allow_private, what="webhook_url host", resolver=resolve)
+    except (HostUnresolved, AddressRefused) as exc:
+        raise InvalidWebhook(str(exc)) from None
 
 
 # -- signing ----------------------------------------------------------------------------------------

@@ -30,13 +30,16 @@ from .errors import error_from
 T = TypeVar("T")
 
 ImageInput = str | os.PathLike[str] | bytes | Image.Image | np.ndarray
-"""A path, encoded image bytes, a PIL image, or a uint8 / [0, 1] float array (HxW or HxWxC)."""
+"""A path, encoded image bytes, a PIL image, or a uint8 / [0, 1] float array (HxW or HxWxC);
+or a URL the server fetches itself: a ``str`` starting with https://, http:// or s3://."""
 
 DEFAULT_URL = "http://127.0.0.1:8000"
 IDEMPOTENCY_HEADER = "Idempotency-Key"
 RETRY_STATUSES = frozenset({429, 503})
 # The API accepts these uploads beside `image` (core.layout.INPUT_FIELDS).
 FILE_FIELDS = ("mask", "reference", "kernel")
+# An input given as a str with one of these prefixes is sent as `<field>_url`, not read.
+URL_PREFIXES = ("https://", "http://", "s3://")
 # The server pings an open event stream every 15 s: silence past this means a dead connection.
 STREAM_READ_TIMEOUT_S = 45.0
 
@@ -103,7 +106,7 @@ class Call(Generic[T]):
     parse: Callable[[httpx.Response], T]
     params: dict[str, Any] | None = None
     data: dict[str, str] | None = None
-    files: dict[str, tuple[str, bytes, str]] | None = None
+    files: dict[str, tuple[str | None, bytes, str | None]] | None = None
     headers: dict[str, str] = field(default_factory=dict)
     replayable: bool = True
 
@@ -151,9 +154,15 @@ class Calls:
     def submit(image: ImageInput, *, task: str, mask: ImageInput | None = None,
                reference: ImageInput | None = None, kernel: ImageInput | None = None,
                idempotency_key: str | None = None, **params: Any) -> Call[JobPublic]:
-        files = {"image": encode_image(image, "image")}
-        for name, value in (("mask", mask), ("reference", reference), ("kernel", kernel)):
-            if value is not None:
+        files: dict[str, tuple[str | None, bytes, str | None]] = {}
+        for name, value in (("image", image), ("mask", mask), ("reference", reference), ("kernel", kernel)):
+            if value is None:
+                continue
+            if is_input_url(value):
+                # A text part (no file name), among the files: the body must be multipart even
+                # when every input is a URL.
+                files[f"{name}_url"] = (None, value.encode(), None)
+            else:
                 files[name] = encode_image(value, name)
         key = idempotency_key or uuid.uuid4().hex  # one per call: its retries reuse it
         return Call("POST", "/v1/jobs", model(JobPublic), data=form_fields({"task": task, **params}), files=files,
@@ -198,6 +207,11 @@ def form_fields(params: Mapping[str, Any]) -> dict[str, str]:
     """Form values as the API reads them: booleans as ``true``/``false``; ``None`` left out (the preset's)."""
     return {name: (str(value).lower() if isinstance(value, bool) else str(value))
             for name, value in params.items() if value is not None}
+
+
+def is_input_url(image: ImageInput) -> bool:
+    """Whether ``image`` is a URL for the server to fetch rather than something to upload."""
+    return isinstance(image, str) and image[:8].lower().startswith(URL_PREFIXES)
 
 
 def encode_image(image: ImageInput, field: str) -> tuple[str, bytes, str]:

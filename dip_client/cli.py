@@ -40,7 +40,8 @@ def add_submit(parser: argparse.ArgumentParser) -> None:
     from dip_engine.cli import add_spec_arguments
     from dip_engine.spec import TASKS
 
-    parser.add_argument("image", metavar="IMAGE", help="the image to restore (PNG, JPEG...)")
+    parser.add_argument("image", metavar="IMAGE", help="the image to restore (PNG, JPEG...): a file, or an "
+                        "https://, http:// or s3:// URL for the server to fetch (as --mask, --kernel, --reference)")
     parser.add_argument("--task", required=True, choices=TASKS, help="what to restore")
     groups = {"mask": parser.add_mutually_exclusive_group(), "kernel": parser.add_mutually_exclusive_group()}
     groups["mask"].add_argument("--mask", metavar="FILE", help="inpaint: white = known pixel, black = to fill")

@@ -107,7 +107,10 @@ class Client:
                reference: ImageInput | None = None, kernel: ImageInput | None = None,
                idempotency_key: str | None = None, **params: Any) -> JobPublic:
         """Queue a restoration of ``image``; ``params`` are the API's form fields
-        (``iterations=200``, ``preset="quality"``, ``add_noise_sigma=25``...)."""
+        (``iterations=200``, ``preset="quality"``, ``add_noise_sigma=25``...).
+
+        An input given as a ``str`` starting with https://, http:// or s3:// is not read here:
+        the server fetches it (sent as ``image_url``, ``mask_url``...)."""
         return self._run(Calls.submit(image, task=task, mask=mask, reference=reference, kernel=kernel,
                                       idempotency_key=idempotency_key, **params))
 

@@ -327,6 +327,9 @@ def test_openapi_documents_the_form_and_errors(service: Any) -> None:
     submit = spec["paths"]["/v1/jobs"]["post"]
     form = submit["requestBody"]["content"]["multipart/form-data"]["schema"]
     assert {"image", "mask", "reference", "task", "scale", "iterations", "early_stop"} <= set(form["properties"])
-    assert form["required"] == ["image", "task"] and form["properties"]["scale"]["enum"] == [2, 4, 8]
+    assert form["required"] == ["task"] and form["properties"]["scale"]["enum"] == [2, 4, 8]
+    # The image is uploaded, or named by URL for the server to fetch.
+    assert form["anyOf"] == [{"required": ["image"]}, {"required": ["image_url"]}]
+    assert {"image_url", "mask_url", "kernel_url", "reference_url"} <= set(form["properties"])
     assert {"202", "413", "415", "422"} <= set(submit["responses"])
     assert service.http.get("/docs").status_code == 200
