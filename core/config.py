@@ -46,7 +46,7 @@ class Settings(BaseSettings):
                                       hide_input_in_errors=True)
 
     redis_url: str | None = Field(
-        None, description="Redis to use; unset: `dip serve` starts a private one in var_dir."
+        None, description="Redis to use; unset (and no redis_sentinels): `dip serve` starts a private one in var_dir."
     )
     var_dir: Path = Field(Path("var"), description="Embedded Redis data (append-only file) and logs.")
     results_dir: Path = Field(Path("var/results"), description="Results volume: inputs and outputs per job.")

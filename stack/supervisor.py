@@ -1,4 +1,4 @@
-"""``dip serve``: Redis (embedded unless ``DIP_REDIS_URL`` is set), one worker and the API.
+"""``dip serve``: Redis (embedded unless ``DIP_REDIS_URL`` or ``DIP_REDIS_SENTINELS`` is set), one worker and the API.
 
 The supervisor starts each part as a child process in its own process group,
 restarts any that exits (with a back-off while it keeps crashing), and on
@@ -74,7 +74,7 @@ class ChildSpec:
     Args:
         name: shown in log lines ("worker", "api").
         argv: the command; run with the supervisor's environment plus
-            ``DIP_REDIS_URL`` and the data directories.
+            the Redis to use (``DIP_REDIS_URL``, or the sentinels) and the data directories.
         stop_timeout_s: after SIGTERM, how long to wait before SIGKILL.
         env_defaults: variables set for this child unless the environment already has them.
     """
@@ -163,8 +163,8 @@ class Supervisor:
     """Starts, watches and stops the parts of the service.
 
     Args:
-        settings: the service settings; ``redis_url`` unset means a private
-            Redis with its data in ``var_dir / "redis"``.
+        settings: the service settings; ``redis_url`` and ``redis_sentinels`` both
+            unset means a private Redis with its data in ``var_dir / "redis"``.
         children: what to run besides Redis; default ``default_children(settings)``.
         redis_port: port of the private Redis; default the one used last time
             in that directory, else 6390, else any free port.
@@ -208,10 +208,19 @@ class Supervisor:
     # -- public -----------------------------------------------------------------
 
     @property
-    def redis_url(self) -> str:
-        """The Redis the children use (valid after ``start()`` in embedded mode)."""
-        if self.settings.redis_url:
-            return self.settings.redis_url
+    def embeds_redis(self) -> bool:
+        """Whether ``start()`` starts a private Redis: neither a Redis URL nor sentinels are configured."""
+        return not self.settings.redis_url and not self.settings.redis_sentinels
+
+    @property
+    def redis_url(self) -> str | None:
+        """The Redis URL the children get (valid after ``start()`` in embedded mode).
+
+        ``None`` with sentinels and no ``DIP_REDIS_URL``: the children find the primary
+        through the sentinels, and a URL would only add a password or database.
+        """
+        if not self.embeds_redis:
+            return self.settings.redis_url or None
         if self._redis is None:
             raise RuntimeError("the embedded Redis has no URL before start()")
         return self._redis.server.url
@@ -275,9 +284,12 @@ class Supervisor:
         """Where things are, printed once at start."""
         s = self.settings
         host = f"[{s.host}]" if ":" in s.host else s.host
-        redis_where = (
-            f"{self.redis_url}  (embedded, data in {self._redis.server.data_dir})" if self._redis else self.redis_url
-        )
+        if self._redis:
+            redis_where = f"{self.redis_url}  (embedded, data in {self._redis.server.data_dir})"
+        elif s.redis_sentinels:
+            redis_where = f"primary {s.redis_sentinel_master!r} via sentinels {', '.join(s.redis_sentinels)}"
+        else:
+            redis_where = str(self.redis_url)
         lines = [
             f"API       http://{host}:{s.port}  (docs: /docs)",
             f"Redis     {redis_where}",
@@ -318,7 +330,7 @@ class Supervisor:
         self._started = True
         self.settings.var_dir.mkdir(parents=True, exist_ok=True)
         self.settings.results_dir.mkdir(parents=True, exist_ok=True)
-        if not self.settings.redis_url:
+        if self.embeds_redis:
             redis_dir = self.settings.var_dir / "redis"
             port = self._redis_port or _embedded_redis_port(redis_dir)
             self._redis = _EmbeddedRedis(RedisServer(redis_dir, port=port), self._new_backoff())
@@ -337,7 +349,13 @@ class Supervisor:
 
     def _child_env(self) -> dict[str, str]:
         env = dict(self._base_env)
-        env["DIP_REDIS_URL"] = self.redis_url
+        if self.redis_url:
+            env["DIP_REDIS_URL"] = self.redis_url
+        if self.settings.redis_sentinels:
+            # From our settings, not just inherited: they may come from arguments or a .env
+            # the children do not read, and they must follow the same primary as we report.
+            env["DIP_REDIS_SENTINELS"] = ",".join(self.settings.redis_sentinels)
+            env["DIP_REDIS_SENTINEL_MASTER"] = self.settings.redis_sentinel_master
         # Absolute, so that children agree with us whatever their working directory.
         env["DIP_VAR_DIR"] = str(Path(self.settings.var_dir).resolve())
         env["DIP_RESULTS_DIR"] = str(Path(self.settings.results_dir).resolve())

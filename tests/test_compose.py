@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 import shlex
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import pytest
 import yaml
@@ -40,6 +41,11 @@ def _load(name: str) -> dict:
     return yaml.load((ROOT / name).read_text(), Loader=_ComposeLoader)
 
 
+def _default(value: str) -> str:
+    """What ``${VAR:-default}`` interpolates to when VAR is unset (other text unchanged)."""
+    return re.sub(r"\$\{[A-Z0-9_]+:-([^}]*)\}", r"\1", value)
+
+
 def _seconds(duration: str) -> float:
     """A Compose duration ("2m", "1m30s", "90s") in seconds."""
     parts = re.findall(r"(\d+(?:\.\d+)?)(h|ms|m|s|us)", duration)
@@ -59,8 +65,10 @@ def services(compose: dict) -> dict:
 
 
 def test_services_and_profiles(services: dict) -> None:
-    assert set(services) == {"redis", "api", "worker", "flower"}
+    assert set(services) == {"redis", "api", "worker", "flower", "minio", "minio-init"}
     assert services["flower"]["profiles"] == ["monitoring"]
+    # A plain `docker compose up` starts no MinIO: the object store is asked for.
+    assert services["minio"]["profiles"] == services["minio-init"]["profiles"] == ["objectstore"]
     for name in ("redis", "api", "worker"):
         assert "profiles" not in services[name], f"{name} must start with a plain `docker compose up`"
 
@@ -113,7 +121,7 @@ def test_flower_watches_the_same_broker(services: dict) -> None:
 
 
 def test_named_volumes(compose: dict) -> None:
-    assert set(compose["volumes"]) == {"results", "redis-data"}
+    assert set(compose["volumes"]) == {"results", "redis-data", "minio-data"}
 
 
 def test_cpu_variant_drops_the_gpu_and_builds_cpu_torch(services: dict) -> None:
@@ -125,6 +133,118 @@ def test_cpu_variant_drops_the_gpu_and_builds_cpu_torch(services: dict) -> None:
         assert name in services  # overrides only what the base file has
         assert cpu[name]["build"]["args"]["TORCH_INDEX_URL"].endswith("/whl/cpu")
     assert cpu["api"]["image"] == cpu["worker"]["image"] != services["api"]["image"]
+
+
+# -- object storage: docker-compose.objectstore.yml ------------------------------------
+
+
+@pytest.fixture(scope="module")
+def objectstore() -> dict:
+    return _load("docker-compose.objectstore.yml")["services"]
+
+
+def _merged(base: dict, override: dict) -> dict:
+    """The services as Compose merges the two files, for the keys checked here: a mapping
+    is merged key by key, a list appended to, ``!reset`` replaces (``!override`` too)."""
+    merged = {name: dict(svc) for name, svc in base.items()}
+    for name, svc in override.items():
+        target = merged.setdefault(name, {})
+        for key, value in svc.items():
+            if isinstance(value, Tagged):
+                target[key] = value.value
+            elif isinstance(value, dict) and isinstance(target.get(key), dict):
+                target[key] = {**target[key], **value}
+            elif isinstance(value, list) and isinstance(target.get(key), list):
+                target[key] = target[key] + value
+            else:
+                target[key] = value
+    return merged
+
+
+@pytest.fixture(scope="module")
+def scaled_out(services: dict, objectstore: dict) -> dict:
+    return _merged(services, objectstore)
+
+
+def _volume_sources(svc: dict) -> set[str]:
+    """Named volumes and host paths a service mounts (anonymous volumes and tmpfs are its own)."""
+    sources = set()
+    for volume in svc.get("volumes") or []:
+        if isinstance(volume, dict):
+            if volume.get("type", "volume") in ("volume", "bind") and volume.get("source"):
+                sources.add(volume["source"])
+        elif ":" in volume:
+            sources.add(volume.split(":", 1)[0])
+    return sources
+
+
+def test_minio_is_health_checked_and_published_on_loopback(services: dict) -> None:
+    minio = services["minio"]
+    assert minio["image"].startswith("minio/minio")
+    assert minio["command"] == ["server", "/data", "--console-address", ":9001"]
+    assert minio["healthcheck"]["test"][0] in ("CMD", "CMD-SHELL") and minio["healthcheck"]["retries"] >= 3
+    assert "minio-data:/data" in minio["volumes"]
+    # Credentials from the environment, with development defaults.
+    for name in ("MINIO_ROOT_USER", "MINIO_ROOT_PASSWORD"):
+        assert minio["environment"][name].startswith(f"${{{name}:-")
+    assert len(_default(minio["environment"]["MINIO_ROOT_PASSWORD"])) >= 8  # MinIO refuses shorter
+    for port in minio["ports"]:
+        host, published, target = _default(port).rsplit(":", 2)
+        assert host == "127.0.0.1" and published == target and target in ("9000", "9001")
+
+
+def test_the_bucket_init_creates_the_results_bucket_once_minio_is_healthy(services: dict, objectstore: dict) -> None:
+    init = services["minio-init"]
+    assert init["image"].startswith("minio/mc")
+    assert init["depends_on"] == {"minio": {"condition": "service_healthy"}}
+    assert init.get("restart", "no") == "no"  # one-shot: API and workers wait for it to exit 0
+    assert init["environment"] == services["minio"]["environment"]
+    env = objectstore["api"]["environment"]
+    bucket = urlsplit(env["DIP_RESULTS_URL"]).netloc
+    script = " ".join(init["command"])
+    alias = re.search(r"mc alias set (\S+) (\S+) ", script)
+    assert alias and alias.group(2) == env["DIP_S3_ENDPOINT_URL"]
+    # Idempotent: a second `up` finds the bucket and still exits 0.
+    assert f"mc mb --ignore-existing {alias.group(1)}/{bucket}" in script
+
+
+def test_objectstore_runs_api_and_workers_on_the_bucket_after_its_init(services: dict, scaled_out: dict) -> None:
+    minio_env = services["minio"]["environment"]
+    for name in ("api", "worker"):
+        svc = scaled_out[name]
+        env = svc["environment"]
+        assert urlsplit(env["DIP_RESULTS_URL"]).scheme == "s3"
+        assert env["DIP_S3_ENDPOINT_URL"] == "http://minio:9000"
+        assert env["AWS_ACCESS_KEY_ID"] == minio_env["MINIO_ROOT_USER"]
+        assert env["AWS_SECRET_ACCESS_KEY"] == minio_env["MINIO_ROOT_PASSWORD"]
+        assert env["DIP_REDIS_URL"] == services[name]["environment"]["DIP_REDIS_URL"]  # the rest is kept
+        assert svc["depends_on"]["minio-init"] == {"condition": "service_completed_successfully"}
+        assert svc["depends_on"]["redis"]["condition"] == "service_healthy"
+        # The scratch is private to the container.
+        assert any(entry.split(":")[0] == env["DIP_SCRATCH_DIR"] for entry in svc["tmpfs"])
+    # The override lifts the profile: MinIO and its init start with the rest.
+    assert not scaled_out["minio"].get("profiles") and not scaled_out["minio-init"].get("profiles")
+
+
+def test_objectstore_shares_no_volume_between_services(scaled_out: dict) -> None:
+    for name in ("api", "worker"):
+        mine = _volume_sources(scaled_out[name])
+        others = set().union(*(_volume_sources(svc) for other, svc in scaled_out.items() if other != name))
+        assert not mine & others, f"{name} shares {mine & others} with another service"
+        # And none of its own either: a replica of `--scale worker=N` would share it with the next.
+        assert not mine, f"{name} still mounts {mine}"
+
+
+def test_workers_can_be_scaled(services: dict, objectstore: dict, scaled_out: dict) -> None:
+    # `docker compose up --scale worker=N`: a fixed name or host port would clash between replicas.
+    for svc in (services["worker"], objectstore["worker"], scaled_out["worker"]):
+        assert "container_name" not in svc and "ports" not in svc
+
+
+def test_the_default_setup_is_untouched_by_the_objectstore(services: dict) -> None:
+    for name in ("api", "worker"):
+        env = services[name]["environment"]
+        assert "DIP_RESULTS_URL" not in env and "minio-init" not in services[name]["depends_on"]
 
 
 # -- Dockerfile -------------------------------------------------------------------

@@ -198,6 +198,28 @@ def test_embedded_redis_is_started_restarted_and_stopped(tmp_path: Path) -> None
     assert all(s.pid is None for s in sup.status())
 
 
+@pytest.mark.parametrize("redis_url", [None, "redis://:secret@ignored:1/2"])
+def test_with_sentinels_no_private_redis_is_started(tmp_path: Path, monkeypatch, redis_url) -> None:
+    def no_redis(*args, **kwargs):
+        raise AssertionError("a private Redis was started although sentinels are configured")
+
+    monkeypatch.setattr("stack.supervisor.RedisServer", no_redis)
+    settings = _settings(tmp_path, redis_url=redis_url, redis_sentinels="s1:26379,s2:26379",
+                         redis_sentinel_master="prod")
+    sup = Supervisor(settings, children=[], env={"PATH": os.environ.get("PATH", "")})
+    sup.start()
+    try:
+        assert not sup.embeds_redis and sup.embedded_redis is None
+        assert [row.name for row in sup.status()] == []
+        env = sup._child_env()
+        # The children find the primary through the sentinels; a URL only lends a password and database.
+        assert env.get("DIP_REDIS_URL") == redis_url
+        assert env["DIP_REDIS_SENTINELS"] == "s1:26379,s2:26379" and env["DIP_REDIS_SENTINEL_MASTER"] == "prod"
+        assert "via sentinels s1:26379, s2:26379" in sup.banner()
+    finally:
+        sup.stop()
+
+
 def test_embedded_redis_port_is_remembered(tmp_path: Path) -> None:
     first = Supervisor(_settings(tmp_path), children=[])
     first.start()
