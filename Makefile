@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV := .venv
 STAMP := $(VENV)/.installed
 
-.PHONY: venv browser serve test bench bench-check clean
+.PHONY: venv browser serve cluster test bench bench-check clean
 
 venv: $(STAMP)
 
@@ -17,6 +17,10 @@ $(STAMP): pyproject.toml
 
 serve: venv
 	$(VENV)/bin/dip serve
+
+# Several hosts on one machine: Redis with a sentinel, an S3 server, the API and two workers.
+cluster: venv
+	$(VENV)/bin/dip cluster --workers 2
 
 # The web page's tests drive Debian's chromium through its chromedriver (tests/browser):
 # installed with apt when missing, never downloaded by the tests.

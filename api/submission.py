@@ -34,9 +34,9 @@ from api.errors import ApiError
 from api.fetch import fetch_inputs, input_url_form_fields
 from api.uploads import receive_form
 from core.config import Settings
-from core.layout import INPUT_FIELDS, STAGING_DIR, input_file_name, new_job_id
+from core.layout import INPUT_FIELDS, input_file_name, new_job_id
 from core.queue import BrokerUnavailable, JobQueue
-from core.results import ResultsStore, ResultsUnavailable
+from core.results import ResultsStore, ResultsUnavailable, staging_dir
 from core.schemas import JobCreate
 from core.store import JobRecord, JobStore, StoreError
 from core.store.jobs import QueueFull
@@ -86,8 +86,7 @@ async def submit_job(request: Request, *, settings: Settings, store: JobStore, q
             raise _queue_full(QueueFull("client", settings.max_queued_per_client))
 
     job_id = new_job_id()
-    # On the results volume itself, so that putting the job in place is one rename.
-    staging = (settings.results_dir if results.shared_disk else settings.scratch_dir) / STAGING_DIR / job_id
+    staging = staging_dir(settings, results) / job_id
     try:
         staging.mkdir(parents=True)
         upload = await receive_form(

@@ -9,6 +9,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, create_model, field_validator
 
 from core.layout import snapshot_names, snapshot_order
+from core.quality import Metrics
 from core.store import JobRecord, JobStatus
 from dip_engine.history import LogRecord
 from dip_engine.problems import PROBLEMS
@@ -87,17 +88,6 @@ class Progress(BaseModel):
         return cls(iteration=iteration, total=total, fraction=min(1.0, iteration / total) if total else 0.0,
                    iterations_per_second=iterations_per_second, eta_seconds=eta, elapsed_s=elapsed_s,
                    expected_end=end)
-
-
-class Metrics(BaseModel):
-    loss: float | None = Field(None, description="Latest data-fit loss.")
-    psnr: float | None = Field(None, description="Latest PSNR (dB) against the reference, if any.")
-    psnr_degraded: float | None = Field(None, description="PSNR of A(output) against the measurement.")
-    ssim: float | None = None
-    psnr_best: float | None = Field(None, description="Best PSNR so far (needs a reference).")
-    psnr_output: float | None = Field(None, description="PSNR of the final result (needs a reference).")
-    best_iteration: int | None = None
-    early_stop_iteration: int | None = Field(None, description="Where early stopping fired.")
 
 
 class JobError(BaseModel):
@@ -183,7 +173,6 @@ class JobPublic(BaseModel):
             progress = Progress.of(record.iteration, record.total,
                                    iterations_per_second=record.iterations_per_second,
                                    elapsed_s=record.elapsed_s, end=record.expected_end)
-        metrics = Metrics(**{name: getattr(record, name) for name in Metrics.model_fields})
         return cls(
             id=record.id,
             task=record.task,  # type: ignore[arg-type]
@@ -196,7 +185,7 @@ class JobPublic(BaseModel):
             attempts=record.attempts,
             cancel_requested=record.cancel_requested,
             progress=progress,
-            metrics=None if metrics == Metrics() else metrics,
+            metrics=Metrics.of(record),
             inputs=JobInputs(image=first("input."), mask=first("mask."), kernel=first("kernel."),
                              reference=first("reference.")),
             outputs=JobOutputs(result=first("result."), best=first("best."), last=first("last."),

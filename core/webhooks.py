@@ -25,6 +25,7 @@ from urllib.parse import urlsplit
 from pydantic import BaseModel, Field, ValidationError, field_validator
 
 from core.addresses import AddressRefused, HostUnresolved, Resolver, allowed_addresses
+from core.quality import Metrics
 
 WebhookEvent = Literal["started", "progress", "snapshot", "completed"]
 WEBHOOK_EVENTS: tuple[WebhookEvent, ...] = ("started", "progress", "snapshot", "completed")
@@ -191,10 +192,7 @@ class CompletedData(BaseModel):
     error_code: str | None = None
     error_message: str | None = None
     iterations: int | None = None
-    psnr_output: float | None = None
-    psnr_best: float | None = None
-    best_iteration: int | None = None
-    early_stop_iteration: int | None = None
+    metrics: Metrics | None = Field(None, description="As in the job object's `metrics`.")
     files: list[str] = Field([], description="Its files: GET /v1/jobs/{job_id}/files/{name}.")
 
 

@@ -6,6 +6,8 @@ Subcommands::
     dip serve                    Redis (embedded unless DIP_REDIS_URL), a worker and the API
     dip api                      the REST API alone (uvicorn)
     dip worker                   one Celery worker alone
+    dip cluster                  several hosts on one machine: Redis with a sentinel, an S3
+                                 server, the API and N workers sharing no folder
 
 Each subcommand is one ``Command`` in ``COMMANDS``; a new one (``dip submit``,
 ``dip status``...) is one more entry. Heavy modules are imported inside the
@@ -168,6 +170,35 @@ def _run_serve(args: argparse.Namespace) -> int:
         return 1
 
 
+# -- dip cluster ----------------------------------------------------------------
+
+
+def _add_cluster(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--workers", type=_positive_int, default=2, help="workers to start (default 2)")
+    parser.add_argument("--port", type=_port, help="API port (default: DIP_PORT, 8000)")
+    parser.add_argument("--dir", default="var/cluster", help="where each process keeps its own folders "
+                        "(default var/cluster)")
+
+
+def _run_cluster(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from core.config import get_settings
+    from stack.cluster import ClusterError, run_cluster
+    from stack.redis_server import RedisStartError
+    from stack.sentinel import TopologyTimeout
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s dip cluster: %(message)s", datefmt="%H:%M:%S")
+    settings = get_settings()
+    if args.port is not None:
+        settings = settings.model_copy(update={"port": args.port})
+    try:
+        return run_cluster(settings, root=Path(args.dir), workers=args.workers)
+    except (ClusterError, RedisStartError, TopologyTimeout) as exc:
+        print(f"dip cluster: error: {str(exc).splitlines()[0]}", file=sys.stderr)
+        return 1
+
+
 # -- dip submit / status / watch / download / cancel / jobs (clients of a running API) --
 
 
@@ -193,6 +224,8 @@ COMMANDS: tuple[Command, ...] = (
     Command("serve", "run Redis, a worker and the API together", _add_serve, _run_serve),
     Command("api", "run the REST API alone", _add_api, _run_api),
     Command("worker", "run one Celery worker alone", _add_worker, _run_worker),
+    Command("cluster", "several hosts on one machine: Redis with a sentinel, an S3 server, the API and "
+                       "N workers sharing no folder", _add_cluster, _run_cluster),
     _client_command("submit", "submit an image to a running API (and --wait for it)"),
     _client_command("status", "show a job of a running API"),
     _client_command("watch", "follow a job live until it ends"),

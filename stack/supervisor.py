@@ -293,7 +293,7 @@ class Supervisor:
         lines = [
             f"API       http://{host}:{s.port}  (docs: /docs)",
             f"Redis     {redis_where}",
-            f"results   {Path(s.results_dir).resolve()}",
+            f"results   {s.results_url or Path(s.results_dir).resolve()}",
         ]
         lines.append(access_line(s, s.host))
         lines.append("Ctrl-C stops everything.")

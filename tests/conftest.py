@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from stack.redis_server import RedisServer
-from tests.s3_server import S3Server
+from stack.s3_server import S3Server
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 

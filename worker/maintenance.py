@@ -29,8 +29,7 @@ from celery import bootsteps
 from celery.signals import worker_shutting_down
 
 from core.config import Settings
-from core.layout import STAGING_DIR
-from core.results import ResultsStore, ResultsUnavailable, open_results
+from core.results import ResultsStore, ResultsUnavailable, open_results, staging_dir
 from core.store import StoreError, WorkerStore, check_eviction_policy
 from worker.recovery import Send, reap, worker_sender
 from worker.webhooks import Deliverer
@@ -204,8 +203,7 @@ class Maintenance(bootsteps.StartStopStep):
 
     def _sweep(self) -> None:
         try:
-            report = sweep(self._store, self._results,
-                           staging=self._settings.results_dir / STAGING_DIR if self._results.shared_disk else None)
+            report = sweep(self._store, self._results, staging=staging_dir(self._settings, self._results))
         except (StoreError, ResultsUnavailable, OSError) as exc:
             log.warning("retention sweep failed: %s", exc)
             return

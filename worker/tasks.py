@@ -17,7 +17,7 @@ from core.layout import OUT_DIR, output_file_name
 from core.process import pid_alive
 from core.queue import RESTORE_TASK
 from core.results import ResultsStore, ResultsUnavailable, open_results
-from core.schemas import JobCreate
+from core.schemas import JobCreate, Metrics
 from core.store import Claim, ClaimOutcome, JobRecord, JobStatus, StoreError, StoreUnavailable, WorkerStore
 from dip_engine.errors import InputError
 from dip_engine.restore import RestoreInputs, RestoreLimits, RestoreRequest, RestoreResult, restore_batch
@@ -311,9 +311,9 @@ def _end(store: WorkerStore, lease: LeaseKeeper, reporter: JobReporter, workspac
         status = JobStatus.canceled if outcome.stop_reason == "canceled" else JobStatus.succeeded
         files = {output_file_name(kind, path): path.relative_to(workspace.directory).as_posix()
                  for kind, path in outcome.files.items() if path.is_file()}
+        metrics = Metrics.of(outcome) or Metrics()
         fields = {"stop_reason": outcome.stop_reason, "iteration": outcome.iterations,
-                  "best_iteration": outcome.best_iteration, "early_stop_iteration": outcome.early_stop_iteration,
-                  "psnr_best": outcome.psnr_best, "psnr_output": outcome.psnr_output}
+                  **metrics.model_dump(include={"best_iteration", "early_stop_iteration", "psnr_best", "psnr_output"})}
     elif error is None:
         error = ("internal_error", "the run ended without a result")
     # The lease is still renewed while this waits out a Redis outage.

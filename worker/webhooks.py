@@ -33,6 +33,7 @@ import httpx
 
 from core.addresses import host_header, pinned_url
 from core.config import Settings
+from core.quality import Metrics
 from core.store import EventType, JobEvent, JobRecord, JobStatus, Keys, StoreError, WorkerStore
 from core.store.webhooks import DeliveryState, Pending, pending_json
 from core.webhooks import (CompletedData, CompletedPayload, DeliveryAttempt, ProgressData, ProgressPayload,
@@ -122,8 +123,7 @@ def completed_data(record: JobRecord) -> CompletedData:
         created_at=when(record.created_at), started_at=when(record.started_at),  # type: ignore[arg-type]
         finished_at=when(record.finished_at), attempts=record.attempts, stop_reason=record.stop_reason,
         error_code=record.error_code, error_message=record.error_message, iterations=record.iteration,
-        psnr_output=record.psnr_output, psnr_best=record.psnr_best, best_iteration=record.best_iteration,
-        early_stop_iteration=record.early_stop_iteration, files=sorted(record.files))
+        metrics=Metrics.of(record), files=sorted(record.files))
 
 
 @dataclass(frozen=True)

@@ -6,6 +6,6 @@ chosen by ``DIP_RESULTS_URL`` (:func:`open_results`).
 """
 
 from core.results.base import ObjectInfo, ResultsStore, ResultsUnavailable
-from core.results.factory import open_results, results_refusal
+from core.results.factory import open_results, results_refusal, staging_dir
 
-__all__ = ["ObjectInfo", "ResultsStore", "ResultsUnavailable", "open_results", "results_refusal"]
+__all__ = ["ObjectInfo", "ResultsStore", "ResultsUnavailable", "open_results", "results_refusal", "staging_dir"]

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from urllib.parse import urlsplit
 
 from core.config import Settings
+from core.layout import STAGING_DIR
 from core.results.base import ResultsStore
 from core.results.local import LocalResults
 
@@ -24,6 +26,12 @@ def open_results(settings: Settings) -> ResultsStore:
     from core.results.s3 import S3Results  # late: boto3 loads in a second or so
 
     return S3Results(parts.netloc, parts.path.strip("/"), endpoint_url=settings.s3_endpoint_url)
+
+
+def staging_dir(settings: Settings, results: ResultsStore) -> Path:
+    """Where uploads wait for their checks: on the results volume itself (so that putting a job
+    in place is one rename), or in the process's scratch folder with object storage."""
+    return (settings.results_dir if results.shared_disk else settings.scratch_dir) / STAGING_DIR
 
 
 def results_refusal(settings: Settings) -> str | None:

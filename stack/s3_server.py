@@ -1,4 +1,6 @@
-"""A real S3-compatible HTTP server for the tests: moto's standalone server, bound to loopback."""
+"""An S3-compatible HTTP server on loopback: moto's standalone server (the ``test`` extra),
+for ``dip cluster`` and the object-storage tests. Real object storage (MinIO, S3) in
+production; see docs/deploy.md."""
 
 from __future__ import annotations
 
@@ -28,8 +30,8 @@ class S3Server:
     ``DIP_S3_ENDPOINT_URL``); moto accepts any credentials.
     """
 
-    def __init__(self, log_dir: Path) -> None:
-        self.port = _free_port()
+    def __init__(self, log_dir: Path, *, port: int | None = None) -> None:
+        self.port = port or _free_port()
         self.log_path = log_dir / "moto.log"
         self._proc: subprocess.Popen[bytes] | None = None
 
