@@ -30,8 +30,9 @@ browser:
 		$$SUDO apt-get update && $$SUDO apt-get install -y --no-install-recommends chromium chromium-driver; \
 	fi
 
+# Two processes, each taking whole files (their module fixtures, a started service, stay shared).
 test: venv browser
-	$(VENV)/bin/python -m pytest -q
+	$(VENV)/bin/python -m pytest -q -n 2 --dist loadfile
 
 # The real-size quality guard (one 256 px default run against NL-means): minutes, so apart.
 bench-check: venv

@@ -112,4 +112,5 @@ def test_a_job_over_its_wall_time_fails_with_time_limit(start_api: Any, image64:
     assert state["status"] == "failed" and state["error"]["code"] == "time_limit", state
     ran_s = (datetime.fromisoformat(state["finished_at"]) - datetime.fromisoformat(state["started_at"])).total_seconds()
     assert 1.5 <= ran_s < 20, ran_s  # the clock starts as the task starts, a moment before the claim
-    assert state["progress"]["iteration"] < 20000
+    # On a busy machine the limit may come before the first progress write.
+    assert (state["progress"] or {}).get("iteration", 0) < 20000
