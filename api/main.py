@@ -17,7 +17,7 @@ from api.routes import events, health, jobs, results, webhooks
 from api.routes.page import install_page
 from core.config import Settings, get_settings
 from core.queue import JobQueue
-from core.results import open_results
+from core.results import clear_stale_staging, open_results, staging_dir
 from core.store import JobStore, check_eviction_policy
 from core.webhooks import document_webhooks
 
@@ -38,6 +38,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             await run_in_threadpool(app.state.results.check)
         except ValueError as exc:
             raise RuntimeError(str(exc)) from None
+        # Uploads a crashed API process left half-received (with object storage they are on
+        # this host's disk only, where no worker's sweep looks).
+        await run_in_threadpool(clear_stale_staging, staging_dir(settings, app.state.results))
         app.state.store = JobStore.from_settings(settings, retention_s=settings.retention_s,
                                                   redispatch_s=settings.redispatch_s)
         await _check_eviction(app.state.store, settings)

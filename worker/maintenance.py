@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import logging
 import os
-import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,7 +28,7 @@ from celery import bootsteps
 from celery.signals import worker_shutting_down
 
 from core.config import Settings
-from core.results import ResultsStore, ResultsUnavailable, open_results, staging_dir
+from core.results import ResultsStore, ResultsUnavailable, clear_stale_staging, open_results, staging_dir
 from core.store import StoreError, WorkerStore, check_eviction_policy
 from worker.recovery import Send, reap, worker_sender
 from worker.webhooks import Deliverer
@@ -72,10 +71,8 @@ def sweep(store: WorkerStore, results: ResultsStore, *, staging: Path | None = N
             if newest is None or newest < now - retention_s:
                 results.delete(job_id)
                 expired += 1
-    for entry in [*staging.iterdir()] if staging is not None and staging.is_dir() else []:
-        if entry.is_dir() and entry.stat().st_mtime < now - grace_s:
-            shutil.rmtree(entry, ignore_errors=True)
-            orphans += 1
+    if staging is not None:
+        orphans += clear_stale_staging(staging, older_than_s=grace_s, now=now)
     for job_id in list(results.job_ids()):
         if store.exists(job_id):
             continue

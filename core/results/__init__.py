@@ -6,6 +6,7 @@ chosen by ``DIP_RESULTS_URL`` (:func:`open_results`).
 """
 
 from core.results.base import ObjectInfo, ResultsStore, ResultsUnavailable
-from core.results.factory import open_results, results_refusal, staging_dir
+from core.results.factory import clear_stale_staging, open_results, results_refusal, staging_dir
 
-__all__ = ["ObjectInfo", "ResultsStore", "ResultsUnavailable", "open_results", "results_refusal", "staging_dir"]
+__all__ = ["ObjectInfo", "ResultsStore", "ResultsUnavailable", "clear_stale_staging", "open_results",
+           "results_refusal", "staging_dir"]

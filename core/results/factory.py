@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import shutil
+import time
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -32,6 +34,20 @@ def staging_dir(settings: Settings, results: ResultsStore) -> Path:
     """Where uploads wait for their checks: on the results volume itself (so that putting a job
     in place is one rename), or in the process's scratch folder with object storage."""
     return (settings.results_dir if results.shared_disk else settings.scratch_dir) / STAGING_DIR
+
+
+def clear_stale_staging(folder: Path, *, older_than_s: float = 3600, now: float | None = None) -> int:
+    """Remove uploads abandoned in ``folder`` (a process died while receiving them); returns how many.
+
+    Uploads younger than ``older_than_s`` may still be arriving, and are left alone.
+    """
+    now = time.time() if now is None else now
+    removed = 0
+    for entry in [*folder.iterdir()] if folder.is_dir() else []:
+        if entry.is_dir() and entry.stat().st_mtime < now - older_than_s:
+            shutil.rmtree(entry, ignore_errors=True)
+            removed += 1
+    return removed
 
 
 def results_refusal(settings: Settings) -> str | None:

@@ -14,7 +14,7 @@ import pytest
 
 from core.config import Settings
 from core.layout import new_job_id
-from core.results import ResultsStore, open_results, results_refusal
+from core.results import ResultsStore, clear_stale_staging, open_results, results_refusal
 from core.results.local import LocalResults
 from core.results.s3 import S3Results
 from core.store import JobStore, Keys, WorkerStore
@@ -130,3 +130,16 @@ def test_a_bad_results_url_is_refused_with_one_line(s3_server: Any, monkeypatch:
     assert "must look like s3://bucket" in (refusal("file:///tmp/x") or "")
     assert "no such bucket" in (refusal("s3://not-a-bucket-we-made/jobs") or "")
     assert isinstance(open_results(Settings(redis_url="redis://x/0")), LocalResults)
+
+
+def test_abandoned_uploads_are_cleared_and_recent_ones_kept(tmp_path: Path) -> None:
+    staging = tmp_path / ".staging"
+    old, recent = staging / new_job_id(), staging / new_job_id()
+    for folder in (old, recent):
+        folder.mkdir(parents=True)
+        (folder / "image").write_bytes(b"half an upload")
+    then = time.time() - 7200
+    os.utime(old, (then, then))
+    assert clear_stale_staging(staging, older_than_s=3600) == 1
+    assert not old.exists() and recent.exists()
+    assert clear_stale_staging(tmp_path / "missing") == 0
