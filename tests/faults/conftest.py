@@ -31,6 +31,7 @@ from PIL import Image
 from core.process import free_port, kill_group, spawn
 from core.store import Keys
 from stack.redis_server import RedisServer
+from tests.http import FRESH_CONNECTIONS
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 LEASE_S = 3.0
@@ -115,7 +116,8 @@ class Cluster:
         self.logs.mkdir(parents=True, exist_ok=True)
         self.redis = redis.Redis.from_url(self.redis_server.url, decode_responses=True,
                                           socket_connect_timeout=1, socket_timeout=5)
-        self.http = httpx.Client(base_url=f"http://127.0.0.1:{self.api_port}", timeout=10.0)
+        self.http = httpx.Client(base_url=f"http://127.0.0.1:{self.api_port}", timeout=10.0,
+                                 limits=FRESH_CONNECTIONS)
 
     # -- processes ----------------------------------------------------------------
 

@@ -34,6 +34,7 @@ from PIL import Image
 
 from core.process import free_port, stop_process
 from stack.redis_server import RedisServer
+from tests.http import FRESH_CONNECTIONS
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 STARTUP_TIMEOUT_S = 60.0
@@ -75,7 +76,7 @@ class Api:
         """An HTTP client sending ``who``'s key (``None``: no key)."""
         if who is not None:
             headers["Authorization"] = f"Bearer {self.keys[who]}"
-        client = httpx.Client(base_url=self.url, headers=headers, timeout=30.0)
+        client = httpx.Client(base_url=self.url, headers=headers, timeout=30.0, limits=FRESH_CONNECTIONS)
         self.clients.append(client)
         return client
 

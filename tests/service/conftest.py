@@ -28,6 +28,7 @@ from PIL import Image
 
 from core.process import free_port, stop_process
 from stack.redis_server import RedisServer
+from tests.http import FRESH_CONNECTIONS
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 SERVICE_DB = 5  # the service tests' own Redis database: other tests share the server
@@ -193,7 +194,7 @@ def service(service_redis_url: str, tmp_path_factory: pytest.TempPathFactory) ->
              "--port", str(port), "--log-level", "warning"],
             cwd=REPO_ROOT, env=env, stdout=api_log, stderr=subprocess.STDOUT, start_new_session=True)
     url = f"http://127.0.0.1:{port}"
-    http = httpx.Client(base_url=url, timeout=30.0)
+    http = httpx.Client(base_url=url, timeout=30.0, limits=FRESH_CONNECTIONS)
     client = redis.Redis.from_url(service_redis_url, decode_responses=True)
     service = Service(url=url, http=http, redis=client, results_dir=results_dir, worker=worker, logs=logs)
     try:

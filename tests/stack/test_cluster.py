@@ -18,6 +18,7 @@ import pytest
 
 from core.process import free_port, pid_alive
 from tests.faults.conftest import until
+from tests.http import FRESH_CONNECTIONS
 from tests.stack.test_serve import REPO_ROOT, _png
 
 pytestmark = pytest.mark.e2e
@@ -42,7 +43,7 @@ def test_dip_cluster_runs_a_job_across_processes_that_share_no_folder_and_stops_
         cluster = subprocess.Popen([sys.executable, "-m", "stack.cli", "cluster", "--workers", "2", "--port", str(port),
                                     "--dir", str(root)], cwd=tmp_path, env=env, stdout=out, stderr=subprocess.STDOUT,
                                    start_new_session=True)
-    http = httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=30)
+    http = httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=30, limits=FRESH_CONNECTIONS)
 
     def tail() -> str:
         return log.read_text(errors="replace")[-4000:]

@@ -17,6 +17,7 @@ from PIL import Image
 
 from core.process import free_port, pid_alive
 from tests.faults.conftest import until
+from tests.http import FRESH_CONNECTIONS
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
@@ -41,7 +42,7 @@ def test_dip_serve_runs_a_job_end_to_end_and_stops_cleanly(tmp_path: Path) -> No
     with log.open("wb") as out:
         serve = subprocess.Popen([sys.executable, "-m", "stack.cli", "serve", "--port", str(port)], cwd=tmp_path,
                                  env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
-    http = httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=30)
+    http = httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=30, limits=FRESH_CONNECTIONS)
 
     def tail() -> str:
         return log.read_text(errors="replace")[-4000:]
