@@ -128,6 +128,8 @@ class Problem:
         output_size: (width, height) of the result for an input of that size.
         exact_where_measured: the measurement is the image itself on the pixels it covers
             (inpainting's known pixels): a noise-free run's outputs keep those pixels as measured.
+        assumed_noise_sigma: the measurement's noise level (0-1 scale) when the request gives
+            none; ``None``: estimate it from the measurement.
     """
 
     name: TaskName
@@ -141,6 +143,7 @@ class Problem:
     check: Callable[[RestoreSpec, frozenset[str]], None] = _no_check
     output_size: Callable[[RestoreSpec, int, int], tuple[int, int]] = _same_size
     exact_where_measured: bool = False
+    assumed_noise_sigma: float | None = None
 
     def check_uploads(self, spec: RestoreSpec, uploads: frozenset[str]) -> None:
         """Refuse extra files this task does not take, then the task's own checks."""
@@ -364,7 +367,11 @@ PROBLEMS: Mapping[str, Problem] = MappingProxyType({
     "superres": Problem(
         name="superres", description="upscale by 2, 4 or 8", output="dip_superres_x{scale}.png",
         operator=_superres_operator, measure=_superres_measure, presets=_SUPERRES_PRESETS,
-        fields=frozenset({"scale", "from_hr"}), output_size=_superres_size),
+        fields=frozenset({"scale", "from_hr"}), output_size=_superres_size,
+        # A low-resolution image is taken as exact: the wavelet estimate reads its aliased texture as
+        # noise (3-8.5/255 on clean Set14 crops), which opened the noise gate and stopped runs that were
+        # still improving (docs/benchmarks.md, "Super-resolution"). Noisy inputs give noise_sigma.
+        assumed_noise_sigma=0.0),
     "inpaint": Problem(
         name="inpaint", description="fill the pixels a mask marks as missing", output="dip_inpainted.png",
         operator=_inpaint_operator, measure=_inpaint_measure, presets=_INPAINT_PRESETS,

@@ -369,15 +369,21 @@ def _build(
     def snapshot(iteration: int, output: Tensor) -> Path:
         return save_image(out_dir / "snapshots" / f"iter_{iteration:05d}.png", _to_array(output), alpha=measurement.alpha)
 
-    # The user's noise level when given, else the wavelet estimate: what the early-stopping gate waits for.
-    noise_sigma = (spec.noise_sigma / 255.0 if spec.noise_sigma is not None
-                   else estimate_noise_sigma(measurement.y, known=measurement.mask))
+    # The user's noise level when given, else the task's assumption, else the wavelet estimate:
+    # what the early-stopping gate waits for.
+    assumed = get_problem(spec.task).assumed_noise_sigma
+    if spec.noise_sigma is not None:
+        noise_sigma, source = spec.noise_sigma / 255.0, "given"
+    elif assumed is not None:
+        noise_sigma, source = assumed, "assumed"
+    else:
+        noise_sigma, source = estimate_noise_sigma(measurement.y, known=measurement.mask), "estimated"
     job = BatchJob(net=net, z=z, y=_to_tensor(y, device), physics=physics, reference=reference,
                    crop=(height, width), callbacks=callbacks, checkpoint=checkpoint, snapshot=snapshot,
                    generator=jitter, noise_sigma=noise_sigma)
     setup = {
         "noise_sigma_estimate": noise_sigma,
-        "noise_sigma_source": "given" if spec.noise_sigma is not None else "estimated",
+        "noise_sigma_source": source,
         "device": str(device),
         "precision": resolve_precision(run.fit.precision, device),
         "parameters": sum(p.numel() for p in net.parameters()),

@@ -152,6 +152,20 @@ def test_a_given_noise_level_replaces_the_estimate(tmp_path: Path, make_image: I
     assert given["summary"]["noise_sigma_estimate"] == 15 / 255
 
 
+def test_superres_takes_the_low_resolution_image_as_exact_unless_told(tmp_path: Path, make_image: ImageMaker) -> None:
+    # A textured clean image, whose fine detail the wavelet estimate reads as noise.
+    pixels = np.random.default_rng(0).random((32, 32, 3))
+    source = tmp_path / "low.png"
+    Image.fromarray((pixels * 255).astype(np.uint8)).save(source)
+    from dip_engine.noise import NOISE_FREE_SIGMA, estimate_noise_sigma
+
+    assert estimate_noise_sigma(pixels) > NOISE_FREE_SIGMA
+    assumed = restore(_spec("superres", scale=2), RestoreInputs(source), tmp_path / "a").metrics["summary"]
+    given = restore(_spec("superres", scale=2, noise_sigma=10.0), RestoreInputs(source), tmp_path / "b").metrics["summary"]
+    assert (assumed["noise_sigma_source"], assumed["noise_sigma_estimate"]) == ("assumed", 0.0)
+    assert (given["noise_sigma_source"], given["noise_sigma_estimate"]) == ("given", 10 / 255)
+
+
 def test_superres_from_hr_scores_against_the_hr_input(tmp_path: Path, make_image: ImageMaker) -> None:
     source = _save(tmp_path / "hr.png", make_image(64, 64), "RGB")
     result = restore(_spec("superres", from_hr=True), RestoreInputs(source), tmp_path / "out")
