@@ -10,9 +10,24 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable, Mapping, Sequence
+from typing import Any
 from pathlib import Path
 
 _PR_SET_PDEATHSIG = 1
+
+
+def poll_until(condition: Callable[[], Any], *, timeout_s: float, what: str, every_s: float = 0.05,
+               error: type[BaseException] = TimeoutError) -> Any:
+    """Call ``condition`` until it returns something truthy, and return that; after
+    ``timeout_s`` raise ``error("not within {timeout_s} s: {what}")``."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        value = condition()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise error(f"not within {timeout_s} s: {what}")
+        time.sleep(every_s)
 
 
 def free_port(host: str = "127.0.0.1") -> int:

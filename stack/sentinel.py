@@ -17,10 +17,9 @@ Example::
 
 from __future__ import annotations
 
+import functools
 import signal
 import subprocess
-import time
-from collections.abc import Callable
 from pathlib import Path
 from types import TracebackType
 from typing import Any
@@ -28,7 +27,7 @@ from typing import Any
 import redis
 import redis.sentinel
 
-from core.process import free_port, kill_group, signal_pid, spawn
+from core.process import free_port, kill_group, poll_until, signal_pid, spawn
 from stack.redis_server import HOST, find_redis_executable
 
 MASTER = "dip"
@@ -40,15 +39,7 @@ class TopologyTimeout(AssertionError):
     """A condition the topology waited for did not come true in time (the message says which)."""
 
 
-def _until(condition: Callable[[], Any], *, timeout_s: float, what: str) -> Any:
-    deadline = time.monotonic() + timeout_s
-    while True:
-        value = condition()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise TopologyTimeout(f"not within {timeout_s} s: {what}")
-        time.sleep(0.05)
+_until = functools.partial(poll_until, error=TopologyTimeout)
 
 
 class Node:

@@ -16,7 +16,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,7 +27,7 @@ import pytest
 import redis
 from PIL import Image
 
-from core.process import free_port, kill_group, spawn
+from core.process import free_port, kill_group, poll_until, spawn
 from core.store import Keys
 from stack.redis_server import RedisServer
 from tests.http import FRESH_CONNECTIONS
@@ -53,14 +52,10 @@ def png64(seed: int = 0) -> bytes:
 def until(condition: Callable[[], Any], *, timeout_s: float, what: str, every_s: float = 0.05,
           on_timeout: Callable[[], str] = lambda: "") -> Any:
     """Poll ``condition`` until it returns something truthy (returned); fail after ``timeout_s``."""
-    deadline = time.monotonic() + timeout_s
-    while True:
-        value = condition()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            pytest.fail(f"not within {timeout_s} s: {what}\n{on_timeout()}")
-        time.sleep(every_s)
+    try:
+        return poll_until(condition, timeout_s=timeout_s, what=what, every_s=every_s)
+    except TimeoutError as exc:
+        pytest.fail(f"{exc}\n{on_timeout()}")
 
 
 @dataclass
