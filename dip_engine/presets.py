@@ -45,10 +45,10 @@ PAPER_STOP = EarlyStopConfig(window=100, patience=1000)
 FAST_STOP = EarlyStopConfig(window=100, patience=300, signal="ema", min_delta=0.2, noise_gate=1.0)
 
 
-def fast_fit(*, iterations: int, reg_noise_std: float, ema: float = 0.99) -> FitConfig:
+def fast_fit(*, iterations: int, reg_noise_std: float, ema: float = 0.99, lr: float = 0.01) -> FitConfig:
     """The fast preset's loop: averaged output, the gated detector, logged every 25
     iterations, bf16 where the hardware has it, NHWC layout."""
-    return FitConfig(iterations=iterations, reg_noise_std=reg_noise_std, ema=ema, log_every=25,
+    return FitConfig(iterations=iterations, lr=lr, reg_noise_std=reg_noise_std, ema=ema, log_every=25,
                      early_stop=FAST_STOP, precision="auto", channels_last=True)
 
 

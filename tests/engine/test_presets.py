@@ -69,6 +69,16 @@ def test_fast_is_no_larger_shorter_and_stops_early(task: str, scattered: bool) -
     assert fast.fit.precision == "auto" and fast.fit.channels_last
 
 
+def test_fast_superres_learns_slower_and_takes_its_input_as_exact() -> None:
+    # Chosen from 256 px runs (docs/benchmarks.md): 0.005 beat 0.01, which beat 0.02.
+    assert preset_config("fast", "superres").fit.lr == 0.005
+    assert preset_config("fast", "denoise").fit.lr == 0.01
+    from dip_engine.problems import get_problem
+
+    assert get_problem("superres").assumed_noise_sigma == 0.0
+    assert all(get_problem(task).assumed_noise_sigma is None for task in TASKS if task != "superres")
+
+
 @pytest.mark.parametrize("preset", PRESETS)
 @pytest.mark.parametrize("task", TASKS)
 @pytest.mark.parametrize("scale", SCALES)
