@@ -236,8 +236,8 @@ def _superres_quality(spec: RestoreSpec, _: bool) -> RunConfig:
 
 
 _SUPERRES_PRESETS: Mapping[str, PresetFn] = {
-    # lr 0.005: on 256 px Set14 crops the 5x32 net's averaged output was higher at every point of
-    # the run than at 0.01 (face +0.16, foreman +0.11 dB at 3000) and 0.02 was lower still;
+    # lr 0.005: on 256 px Set14 crops the 5x32 net's averaged output rose faster than at 0.01 (face
+    # +0.12, foreman +0.11, lenna +0.03 dB; coastguard -0.04), and 0.02 was lower still;
     # docs/benchmarks.md, "Super-resolution".
     "fast": lambda spec, _: RunConfig(FAST_NET, fast_fit(iterations=3000, reg_noise_std=0.03, lr=0.005)),
     "quality": _superres_quality,
