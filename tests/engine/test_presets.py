@@ -6,7 +6,7 @@ import pytest
 
 from dip_engine.config import FitConfig
 from dip_engine.presets import apply_overrides
-from dip_engine.problems import default_iterations, preset_config, resolve
+from dip_engine.problems import default_iterations, get_problem, preset_config, resolve
 from dip_engine.spec import PRESETS, SCALES, TASKS, RestoreSpec
 
 
@@ -73,8 +73,6 @@ def test_fast_superres_learns_slower_and_takes_its_input_as_exact() -> None:
     # Chosen from 256 px runs (docs/benchmarks.md): 0.005 beat 0.01, which beat 0.02.
     assert preset_config("fast", "superres").fit.lr == 0.005
     assert preset_config("fast", "denoise").fit.lr == 0.01
-    from dip_engine.problems import get_problem
-
     assert get_problem("superres").assumed_noise_sigma == 0.0
     assert all(get_problem(task).assumed_noise_sigma is None for task in TASKS if task != "superres")
 

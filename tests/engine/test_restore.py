@@ -16,6 +16,7 @@ from PIL import Image
 
 from dip_engine.callbacks import Callback, FitState
 from dip_engine.errors import InputError
+from dip_engine.noise import NOISE_FREE_SIGMA, estimate_noise_sigma
 from dip_engine.restore import CHECKPOINT_NAME, RestoreInputs, restore
 from dip_engine.problems import get_problem
 from dip_engine.spec import RestoreSpec
@@ -152,13 +153,11 @@ def test_a_given_noise_level_replaces_the_estimate(tmp_path: Path, make_image: I
     assert given["summary"]["noise_sigma_estimate"] == 15 / 255
 
 
-def test_superres_takes_the_low_resolution_image_as_exact_unless_told(tmp_path: Path, make_image: ImageMaker) -> None:
+def test_superres_takes_the_low_resolution_image_as_exact_unless_told(tmp_path: Path) -> None:
     # A textured clean image, whose fine detail the wavelet estimate reads as noise.
     pixels = np.random.default_rng(0).random((32, 32, 3))
     source = tmp_path / "low.png"
     Image.fromarray((pixels * 255).astype(np.uint8)).save(source)
-    from dip_engine.noise import NOISE_FREE_SIGMA, estimate_noise_sigma
-
     assert estimate_noise_sigma(pixels) > NOISE_FREE_SIGMA
     assumed = restore(_spec("superres", scale=2), RestoreInputs(source), tmp_path / "a").metrics["summary"]
     given = restore(_spec("superres", scale=2, noise_sigma=10.0), RestoreInputs(source), tmp_path / "b").metrics["summary"]
