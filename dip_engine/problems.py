@@ -279,8 +279,11 @@ def _inpaint_measure(spec: RestoreSpec, loaded: LoadedImage, files: TaskFiles) -
 
 
 def _inpaint_fast(spec: RestoreSpec, scattered: bool) -> RunConfig:
+    if scattered:
+        # 0.005 beat 0.01 by 0.08 dB on 11 images at 256 px and 0.20 at 96 px (docs/benchmarks.md, "Inpainting").
+        return RunConfig(FAST_NET, fast_fit(iterations=3000, reg_noise_std=0.03, lr=0.005))
     fit = fast_fit(iterations=3000, reg_noise_std=0.03)
-    return RunConfig(FAST_NET if scattered else replace(FAST_NET, skip_channels=64, upsample_mode="nearest"), fit)
+    return RunConfig(replace(FAST_NET, skip_channels=64, upsample_mode="nearest"), fit)
 
 
 def _inpaint_quality(spec: RestoreSpec, scattered: bool) -> RunConfig:
@@ -379,7 +382,10 @@ PROBLEMS: Mapping[str, Problem] = MappingProxyType({
         name="inpaint", description="fill the pixels a mask marks as missing", output="dip_inpainted.png",
         operator=_inpaint_operator, measure=_inpaint_measure, presets=_INPAINT_PRESETS,
         fields=frozenset({"drop_fraction"}), uploads=frozenset({"mask"}), check=_inpaint_check,
-        exact_where_measured=True),
+        # The known pixels are taken as exact, as a low-resolution image is: the wavelet estimate read
+        # fine texture as noise above 5/255 (boat, fingerprint, hill), so their known pixels were not
+        # kept and the gate stopped them early (docs/benchmarks.md, "Inpainting"). Noisy photos give noise_sigma.
+        exact_where_measured=True, assumed_noise_sigma=0.0),
     "dejpeg": Problem(
         name="dejpeg", description="remove JPEG compression artefacts", output="dip_dejpeg.png",
         operator=_denoise_operator, measure=_dejpeg_measure, presets=_DEJPEG_PRESETS,

@@ -77,8 +77,8 @@ class RestoreSpec:
               "against it.", ge=1, le=95, metavar="Q")
     noise_sigma: float | None = _param(
         None, "The image's noise level (0-255 scale) if you know it (0: noise-free); early stopping waits until "
-              "the fit reaches it. Unset: estimated from the image (superres: 0, the low-resolution image "
-              "counts as exact).", ge=0, le=255, metavar="SIGMA")
+              "the fit reaches it. Unset: estimated from the image (superres and inpaint: 0, the low-resolution "
+              "image and the known pixels count as exact).", ge=0, le=255, metavar="SIGMA")
     preset: PresetName = _param("fast", "Hyperparameter preset. fast: sized for a CPU; quality: the paper's "
                                         "networks with our loop improvements; paper: the published protocol "
                                         "exactly (fixed iterations, raw output, no early stopping).")

@@ -153,16 +153,20 @@ def test_a_given_noise_level_replaces_the_estimate(tmp_path: Path, make_image: I
     assert given["summary"]["noise_sigma_estimate"] == 15 / 255
 
 
-def test_superres_takes_the_low_resolution_image_as_exact_unless_told(tmp_path: Path) -> None:
-    # A textured clean image, whose fine detail the wavelet estimate reads as noise.
+@pytest.mark.parametrize(("task", "changes"), [("superres", {"scale": 2}), ("inpaint", {"drop_fraction": 0.5})])
+def test_noise_free_tasks_take_the_measurement_as_exact_unless_told(task: str, changes: dict, tmp_path: Path) -> None:
+    # A textured clean image, whose fine detail the wavelet estimate reads as noise: a low-resolution
+    # image and inpainting's known pixels are taken as exact all the same.
     pixels = np.random.default_rng(0).random((32, 32, 3))
-    source = tmp_path / "low.png"
+    source = tmp_path / "textured.png"
     Image.fromarray((pixels * 255).astype(np.uint8)).save(source)
     assert estimate_noise_sigma(pixels) > NOISE_FREE_SIGMA
-    assumed = restore(_spec("superres", scale=2), RestoreInputs(source), tmp_path / "a").metrics["summary"]
-    given = restore(_spec("superres", scale=2, noise_sigma=10.0), RestoreInputs(source), tmp_path / "b").metrics["summary"]
-    assert (assumed["noise_sigma_source"], assumed["noise_sigma_estimate"]) == ("assumed", 0.0)
-    assert (given["noise_sigma_source"], given["noise_sigma_estimate"]) == ("given", 10 / 255)
+    assumed = restore(_spec(task, **changes), RestoreInputs(source), tmp_path / "a").metrics
+    given = restore(_spec(task, noise_sigma=10.0, **changes), RestoreInputs(source), tmp_path / "b").metrics
+    assert (assumed["summary"]["noise_sigma_source"], assumed["summary"]["noise_sigma_estimate"]) == ("assumed", 0.0)
+    assert (given["summary"]["noise_sigma_source"], given["summary"]["noise_sigma_estimate"]) == ("given", 10 / 255)
+    if task == "inpaint":
+        assert assumed["setup"]["kept_measured"] and not given["setup"]["kept_measured"]
 
 
 def test_superres_from_hr_scores_against_the_hr_input(tmp_path: Path, make_image: ImageMaker) -> None:
@@ -203,7 +207,7 @@ def test_scattered_masks_pick_the_random_pixel_preset(tmp_path: Path, make_image
 
 
 @pytest.mark.parametrize(("noise_sigma", "kept"), [(None, True), (0.0, True), (25.0, False)],
-                         ids=["clean-estimated", "clean-given", "noisy"])
+                         ids=["clean-assumed", "clean-given", "noisy"])
 def test_noise_free_inpainting_keeps_the_known_pixels(tmp_path: Path, noise_sigma: float | None, kept: bool) -> None:
     ys, xs = np.mgrid[0:64, 0:64] / 63
     # Smooth and noise-free (the shared test image has noise in it, and its estimate says so).
