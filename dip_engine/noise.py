@@ -15,7 +15,7 @@ import numpy as np
 
 # The median of |N(0, 1)|: turns a median absolute deviation into a standard deviation.
 _MAD_TO_SIGMA = 0.6744897501960817
-# At or below this noise level (given, or the wavelet estimate: 0.005-0.02 on clean photos) a
+# At or below this noise level (given, assumed by the task, or the wavelet estimate: 0.005-0.02 on clean photos) a
 # measurement counts as exact: inpainting keeps its known pixels, and the ETA expects no early stop.
 NOISE_FREE_SIGMA = 5 / 255
 

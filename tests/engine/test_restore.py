@@ -210,7 +210,8 @@ def test_scattered_masks_pick_the_random_pixel_preset(tmp_path: Path, make_image
                          ids=["clean-assumed", "clean-given", "noisy"])
 def test_noise_free_inpainting_keeps_the_known_pixels(tmp_path: Path, noise_sigma: float | None, kept: bool) -> None:
     ys, xs = np.mgrid[0:64, 0:64] / 63
-    # Smooth and noise-free (the shared test image has noise in it, and its estimate says so).
+    # A smooth clean image: whether the known pixels are kept depends on noise_sigma alone (unset:
+    # inpainting assumes 0, whatever the estimate would say).
     image = np.rint(255 * np.stack([0.2 + 0.6 * xs, 0.3 + 0.4 * ys, 0.5 + 0.3 * np.sin(4 * xs + 3 * ys)], -1))
     image = image.astype(np.uint8)
     source = _save(tmp_path / "in.png", image, "RGB")
