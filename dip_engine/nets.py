@@ -105,7 +105,23 @@ class Concat(nn.Module):
         self.branches = nn.ModuleList(branches)
 
     def forward(self, x: Tensor) -> Tensor:
-        return _center_crop_cat([branch(x) for branch in self.branches])
+        return _center_crop_cat([_dense_grad(branch(x)) for branch in self.branches])
+
+
+def _dense_grad(t: Tensor) -> Tensor:
+    """``t``, whose gradient is made dense in ``t``'s own layout on its way back.
+
+    The concatenation hands each branch a channel slice of its gradient. In channels-last
+    memory a slice is strided, and CPU kernels take slow paths on it: the bilinear
+    upsampling's backward ran 3x slower on one (about 7% of a 256 px step); the copy costs
+    a twentieth of that.
+    """
+    if not t.requires_grad:
+        return t
+    layout = torch.channels_last if t.dim() == 4 and t.is_contiguous(memory_format=torch.channels_last) \
+        else torch.contiguous_format
+    t.register_hook(lambda grad: grad.contiguous(memory_format=layout))
+    return t
 
 
 # --------------------------------------------------------------------------- validation
