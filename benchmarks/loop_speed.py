@@ -5,9 +5,11 @@ net in float32, default threads, plain Adam, ``.item()`` on the loss every
 step. The engine runs ``fit()`` with the paper preset's loop as ``dip restore
 --preset paper`` does (bf16 where the hardware has it, channels-last layout) and
 with those two choices undone one at a time. Blocks alternate, so a busy machine
-slows both alike; the table prints the median of the blocks.
+slows both alike; the table prints the median of the blocks. ``--preset fast``
+times the default's net and loop instead (the reference-style loop then runs that net).
 
     python benchmarks/loop_speed.py --size 128 --blocks 3 --steps 10
+    python benchmarks/loop_speed.py --preset fast --size 256 --blocks 3 --steps 30
 """
 
 from __future__ import annotations
@@ -46,15 +48,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--steps", type=int, default=10, help="iterations per block")
     parser.add_argument("--blocks", type=int, default=3)
     parser.add_argument("--device", default="auto")
+    parser.add_argument("--preset", choices=["paper", "fast"], default="paper")
     args = parser.parse_args(argv)
     device = pick_device(args.device)
-    run = preset_config("paper", "denoise")
+    run = preset_config(args.preset, "denoise")
     z = make_input(run.net, args.size, args.size, generator=torch.Generator().manual_seed(0)).to(device)
     y = torch.rand(1, 3, args.size, args.size, generator=torch.Generator().manual_seed(1)).to(device)
     base = replace(run.fit, iterations=args.steps, log_every=args.steps)
     resolved = resolve_precision(base.precision, device)
     variants = {
-        f"engine, `--preset paper` ({resolved}, channels last)": base,
+        f"engine, `--preset {args.preset}` ({resolved}, channels last)": base,
         "engine, fp32, NCHW": replace(base, precision="fp32", channels_last=False),
         "engine, fp32, channels last": replace(base, precision="fp32", channels_last=True),
         "engine, bf16, NCHW": replace(base, precision="bf16", channels_last=False),
@@ -70,8 +73,8 @@ def main(argv: list[str] | None = None) -> int:
             fit(net, z, y, Denoising(), config=config)
             speeds[name].append(args.steps / (time.perf_counter() - started))
     reference = statistics.median(speeds["reference-style loop"])
-    print(f"{args.size} px, paper net, {device}, {torch.get_num_threads()} threads, median of {args.blocks} blocks "
-          f"of {args.steps} iterations")
+    print(f"{args.size} px, {args.preset} net, {device}, {torch.get_num_threads()} threads, "
+          f"median of {args.blocks} blocks of {args.steps} iterations")
     print("| loop | it/s | vs reference |\n|---|---|---|")
     for name, values in speeds.items():
         print(f"| {name} | {statistics.median(values):.2f} | {statistics.median(values) / reference:.2f}x |")

@@ -574,6 +574,25 @@ def test_same_seeds_give_the_same_run_and_other_jitter_another() -> None:
     assert not torch.equal(a.output, c.output)
 
 
+def test_each_step_sees_the_code_plus_a_fresh_gaussian_draw() -> None:
+    class Recording(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.net, self.inputs = _net(), []
+
+        def forward(self, x: Tensor) -> Tensor:
+            self.inputs.append(x.detach().clone())
+            return self.net(x)
+
+    net, z = Recording(), _z()
+    fit(net, z, _clean(), Denoising(), config=_config(iterations=3, log_every=3, reg_noise_std=0.05),
+        generator=_jitter(7))
+    draws = _jitter(7)
+    expected = [z + 0.05 * torch.randn(z.shape, generator=draws) for _ in range(3)]
+    assert len(net.inputs) == 3
+    assert all(torch.equal(seen, want) for seen, want in zip(net.inputs, expected))
+
+
 def test_fit_leaves_the_global_rng_alone() -> None:
     torch.manual_seed(5)
     expected = torch.rand(3)
