@@ -126,6 +126,9 @@ def run_one(task: str, path: Path, args: argparse.Namespace, work: Path) -> dict
     result = restore(spec, inputs, work / "out", overrides=overrides or None)
     seconds = time.monotonic() - started
     s = result.metrics["summary"]
+    trace = {"history": result.metrics["history"]} if args.trace else {}
+    if args.trace and task == "inpaint":
+        trace["kept_at"] = _kept_psnr_along_the_run(work, clean)
     return {
         "task": task, "image": path.stem, "size": args.size, "baseline": baseline, "baseline_psnr": baseline_psnr,
         "dip": s["psnr_output"], "vs_baseline": s["psnr_output"] - baseline_psnr, "oracle": s["psnr_best"],
@@ -133,7 +136,18 @@ def run_one(task: str, path: Path, args: argparse.Namespace, work: Path) -> dict
         "cap": s["iteration_cap"], "reason": s["stop_reason"], "seconds": round(seconds, 1),
         "noise_sigma_estimate": s.get("noise_sigma_estimate"),
         "kept_measured": result.metrics["setup"].get("kept_measured"),
-    } | ({"history": result.metrics["history"]} if args.trace else {})
+    } | trace
+
+
+def _kept_psnr_along_the_run(work: Path, clean: np.ndarray, every: int = 250) -> dict[int, float]:
+    """Inpainting's answer keeps the known pixels, so the logged PSNR (of the net's whole output)
+    can rise while the missing pixels get worse: the answer's PSNR at every ``every`` iterations,
+    from the run's snapshots with the known pixels put back."""
+    truth = clean.astype(np.float32) / 255.0
+    masked, known = _load(work / "masked.png"), _load(work / "mask.png")[..., :1] > 0.5
+    return {int(snap.stem.split("_")[1]): psnr(np.where(known, masked, _load(snap)), truth)
+            for snap in sorted((work / "out" / "snapshots").glob("iter_*.png"))
+            if int(snap.stem.split("_")[1]) % every == 0}
 
 
 def _summary(rows: list[dict], label: str) -> str:
@@ -164,7 +178,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--data", type=Path, default=DEFAULT_DATA)
     parser.add_argument("--json", type=Path, help="also write the rows as JSON")
     parser.add_argument("--trace", action="store_true",
-                        help="keep each run's logged history in the JSON rows (to replay stopping rules)")
+                        help="keep each run's logged history in the JSON rows (to replay stopping rules); for "
+                             "inpainting also the answer's PSNR every 250 iterations, from the snapshots")
     args = parser.parse_args(argv)
 
     sets = image_sets(args.data)

@@ -16,7 +16,9 @@ import pytest
 from tests.service.conftest import parse_sse
 
 
-FAST = {"preset": "fast", "iterations": 40, "log_every": 5}
+# Long enough that progress visibly rises between polls (every 0.05 s; progress is published at most
+# every 0.1 s) however fast the engine gets: 40 iterations at 64 px came to ~0.1 s.
+FAST = {"preset": "fast", "iterations": 200, "log_every": 20}
 
 
 def _follow(service: Any, job_id: str) -> list[tuple[str, int | None]]:
@@ -46,17 +48,17 @@ def _check_run(service: Any, job: dict[str, Any], seen: list[tuple[str, int | No
 
 
 def test_denoise_with_synthetic_noise_records_psnr(service: Any, image64: bytes, pictures: Any) -> None:
-    submitted = service.submit_ok({"image": image64}, task="denoise", add_noise_sigma=25, snapshot_every=20, **FAST)
+    submitted = service.submit_ok({"image": image64}, task="denoise", add_noise_sigma=25, snapshot_every=100, **FAST)
     assert submitted["status"] == "queued"
-    assert submitted["params"]["add_noise_sigma"] == 25 and submitted["params"]["iterations"] == 40
+    assert submitted["params"]["add_noise_sigma"] == 25 and submitted["params"]["iterations"] == 200
     seen = _follow(service, submitted["id"])
     job = service.job(submitted["id"])
 
-    _check_run(service, job, seen, size=(64, 64), iterations=40, log_every=5, pictures=pictures)
+    _check_run(service, job, seen, size=(64, 64), iterations=200, log_every=20, pictures=pictures)
     assert job["metrics"]["psnr"] > 10 and job["metrics"]["psnr_best"] >= job["metrics"]["psnr"] - 1e-6
     assert all(p["psnr"] is not None for p in service.fetch(job["links"]["history"]).json())
     snapshots = service.fetch(job["links"]["snapshots"]).json()["items"]
-    assert [s["name"] for s in snapshots] == ["snapshot_00020.png", "snapshot_00040.png"]
+    assert [s["name"] for s in snapshots] == ["snapshot_00100.png", "snapshot_00200.png"]
     assert job["outputs"]["snapshot_count"] == 2 and job["outputs"]["latest_snapshot"] == snapshots[-1]["url"]
     assert pictures.size(service.fetch(snapshots[0]["url"]).content) == (64, 64)
     assert service.fetch(job["inputs"]["image"]).content == image64
@@ -69,7 +71,7 @@ def test_superres_multiplies_the_size_and_scores_against_the_reference(service: 
     seen = _follow(service, submitted["id"])
     job = service.job(submitted["id"])
 
-    _check_run(service, job, seen, size=(64, 64), iterations=40, log_every=5, pictures=pictures)
+    _check_run(service, job, seen, size=(64, 64), iterations=200, log_every=20, pictures=pictures)
     assert job["metrics"]["psnr"] is not None and job["metrics"]["psnr_output"] is not None
     assert job["inputs"]["reference"].endswith("/files/reference.png")
 
@@ -85,7 +87,7 @@ def test_inpaint_with_mask_file(service: Any, pictures: Any) -> None:
     seen = _follow(service, submitted["id"])
     job = service.job(submitted["id"])
 
-    _check_run(service, job, seen, size=(64, 64), iterations=40, log_every=5, pictures=pictures)
+    _check_run(service, job, seen, size=(64, 64), iterations=200, log_every=20, pictures=pictures)
     assert job["metrics"]["psnr"] is not None
     assert service.fetch(job["inputs"]["mask"]).content == pictures.png(mask)
 
@@ -102,7 +104,7 @@ def test_dejpeg_of_an_uploaded_jpeg(service: Any, pictures: Any) -> None:
     seen = _follow(service, submitted["id"])
     job = service.job(submitted["id"])
 
-    _check_run(service, job, seen, size=(64, 64), iterations=40, log_every=5, pictures=pictures)
+    _check_run(service, job, seen, size=(64, 64), iterations=200, log_every=20, pictures=pictures)
     assert job["outputs"]["result"].endswith("/files/result.png") and job["metrics"]["psnr_output"] is not None
     assert service.fetch(job["inputs"]["image"]).content == buffer.getvalue()
 
@@ -115,7 +117,7 @@ def test_deblur_with_an_uploaded_kernel(service: Any, pictures: Any) -> None:
     seen = _follow(service, submitted["id"])
     job = service.job(submitted["id"])
 
-    _check_run(service, job, seen, size=(64, 64), iterations=40, log_every=5, pictures=pictures)
+    _check_run(service, job, seen, size=(64, 64), iterations=200, log_every=20, pictures=pictures)
     assert job["inputs"]["kernel"].endswith("/files/kernel.png")
     assert service.fetch(job["inputs"]["kernel"]).content == pictures.png(kernel)
 
@@ -208,7 +210,7 @@ def test_canceling_a_queued_job_means_it_never_starts(service: Any, image64: byt
 
 
 def test_events_stream_in_order_to_the_terminal_status_and_resume(service: Any, image64: bytes) -> None:
-    submitted = service.submit_ok({"image": image64}, task="denoise", add_noise_sigma=20, snapshot_every=20, **FAST)
+    submitted = service.submit_ok({"image": image64}, task="denoise", add_noise_sigma=20, snapshot_every=100, **FAST)
     events_url = submitted["links"]["events"]
     events = service.events(events_url)
 
@@ -219,9 +221,9 @@ def test_events_stream_in_order_to_the_terminal_status_and_resume(service: Any, 
     ids = [tuple(map(int, e["id"].split("-"))) for e in events]
     assert ids == sorted(ids) and len(set(ids)) == len(ids)
     progress = [e["data"]["progress"]["iteration"] for e in events if e["event"] == "progress"]
-    assert len(progress) >= 3 and progress == sorted(progress) and progress[-1] == 40
+    assert len(progress) >= 3 and progress == sorted(progress) and progress[-1] == 200
     snapshots = [e["data"] for e in events if e["event"] == "snapshot"]
-    assert [s["iteration"] for s in snapshots] == [20, 40]
+    assert [s["iteration"] for s in snapshots] == [100, 200]
     assert service.fetch(snapshots[0]["url"]).content.startswith(b"\x89PNG")
 
     # Resuming replays exactly what came after the given id.
