@@ -145,9 +145,9 @@ def _kept_psnr_along_the_run(work: Path, clean: np.ndarray, every: int = 250) ->
     from the run's snapshots with the known pixels put back."""
     truth = clean.astype(np.float32) / 255.0
     masked, known = _load(work / "masked.png"), _load(work / "mask.png")[..., :1] > 0.5
-    return {int(snap.stem.split("_")[1]): psnr(np.where(known, masked, _load(snap)), truth)
-            for snap in sorted((work / "out" / "snapshots").glob("iter_*.png"))
-            if int(snap.stem.split("_")[1]) % every == 0}
+    snapshots = {int(snap.stem.split("_")[1]): snap for snap in (work / "out" / "snapshots").glob("iter_*.png")}
+    return {iteration: psnr(np.where(known, masked, _load(snap)), truth)
+            for iteration, snap in sorted(snapshots.items()) if iteration % every == 0}
 
 
 def _summary(rows: list[dict], label: str) -> str:

@@ -5,8 +5,9 @@ replication padding and bilinear upsampling scatter their gradients with
 ``atomicAdd``. Here they run as slicing, ``cat`` and convolutions instead
 (:func:`reflection_pad`, :func:`replication_pad`, :func:`upsample2x_bilinear`,
 :func:`upsample2x_nearest`), so seeded runs repeat. Elsewhere the modules are
-PyTorch's built-ins, bit for bit; no parameter or state-dict entry depends on
-the path. The networks and the forward operators both use them.
+PyTorch's built-ins, bit for bit, except that padding keeps the input's
+precision under autocast (:func:`pad`); no parameter or state-dict entry depends
+on the path. The networks and the forward operators both use them.
 """
 
 from __future__ import annotations
@@ -83,16 +84,10 @@ def is_deterministic(x: Tensor) -> bool:
 
 
 class ReflectionPad2d(nn.ReflectionPad2d):
-    """``nn.ReflectionPad2d``, computed by :func:`reflection_pad` in deterministic CUDA runs."""
+    """``nn.ReflectionPad2d``, computed by :func:`pad`."""
 
     def forward(self, x: Tensor) -> Tensor:
-        if is_deterministic(x):
-            return reflection_pad(x, self.padding)
-        # CPU autocast runs reflection padding in float32: a bf16 net would cast every padded
-        # activation up and back (about 8% of a 256 px step). Padding only copies values, so
-        # it is exact in the input's own precision.
-        with torch.autocast(x.device.type, enabled=False):
-            return super().forward(x)
+        return pad(x, self.padding, "reflect")
 
 
 class Upsample2x(nn.Upsample):
@@ -137,8 +132,7 @@ class _LanczosDownsample(nn.Module):
         self.pad = (self.kernel.shape[-1] - 2) // 2
 
     def forward(self, x: Tensor) -> Tensor:
-        padding = (self.pad,) * 4
-        x = replication_pad(x, padding) if is_deterministic(x) else F.pad(x, padding, mode="replicate")
+        x = pad(x, (self.pad,) * 4, "replicate")
         channels = x.shape[1]
         return F.conv2d(x, self.kernel.expand(channels, -1, -1, -1), stride=2, groups=channels)
 
@@ -152,7 +146,15 @@ def downsampler(mode: DownsampleMode) -> nn.Module:
 
 
 def pad(x: Tensor, padding: Sequence[int], mode: Literal["reflect", "replicate"]) -> Tensor:
-    """``F.pad`` in reflect or replicate mode, atomic-free in deterministic CUDA runs."""
-    if not is_deterministic(x):
+    """``F.pad`` in reflect or replicate mode, atomic-free in deterministic CUDA runs, and in
+    ``x``'s own precision under autocast."""
+    if is_deterministic(x):
+        return reflection_pad(x, padding) if mode == "reflect" else replication_pad(x, padding)
+    device = x.device.type
+    if not (torch.amp.is_autocast_available(device) and torch.is_autocast_enabled(device)):
         return F.pad(x, tuple(padding), mode=mode)
-    return reflection_pad(x, padding) if mode == "reflect" else replication_pad(x, padding)
+    # CPU autocast runs reflection and replication padding in float32: a bf16 net would cast
+    # every padded activation up and back (about 8% of a 256 px step). Padding only copies
+    # values, so it is exact in the input's own precision.
+    with torch.autocast(device, enabled=False):
+        return F.pad(x, tuple(padding), mode=mode)

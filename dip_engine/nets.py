@@ -118,8 +118,8 @@ def _dense_grad(t: Tensor) -> Tensor:
     """
     if not t.requires_grad:
         return t
-    layout = torch.channels_last if t.dim() == 4 and t.is_contiguous(memory_format=torch.channels_last) \
-        else torch.contiguous_format
+    channels_last = t.dim() == 4 and t.is_contiguous(memory_format=torch.channels_last)
+    layout = torch.channels_last if channels_last else torch.contiguous_format
     t.register_hook(lambda grad: grad.contiguous(memory_format=layout))
     return t
 

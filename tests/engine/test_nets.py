@@ -307,6 +307,11 @@ def test_reflection_padding_under_autocast_keeps_the_activations_precision() -> 
         padded = layers.ReflectionPad2d(2)(x)
     assert padded.dtype == torch.bfloat16
     assert torch.equal(padded, F.pad(x.float(), (2, 2, 2, 2), mode="reflect").to(torch.bfloat16))
+    # The Lanczos downsampler's replication padding goes the same way.
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        replicated = layers.pad(x, (3, 3, 3, 3), "replicate")
+    assert replicated.dtype == torch.bfloat16
+    assert torch.equal(replicated, F.pad(x.float(), (3, 3, 3, 3), mode="replicate").to(torch.bfloat16))
 
 
 class _SeesGradient(torch.autograd.Function):
