@@ -19,12 +19,13 @@ Three presets, each a function per task in :data:`dip_engine.problems.PROBLEMS`:
 
 from __future__ import annotations
 
-from dataclasses import replace
+import math
+from dataclasses import dataclass, replace
 
 from .config import EarlyStopConfig, FitConfig, NetConfig, RunConfig
 
 __all__ = [
-    "FAST_NET", "FAST_STOP", "HOLES_NET", "HOURGLASS", "PAPER_STOP", "SNAIL_NET", "RunConfig",
+    "FAST_NET", "FAST_STOP", "HOLES_NET", "HOURGLASS", "PAPER_STOP", "SNAIL_NET", "RunConfig", "SizeCap",
     "apply_overrides", "fast_fit", "paper_fit",
 ]
 
@@ -43,6 +44,30 @@ SNAIL_NET = NetConfig(name="skip", input_channels=3, upsample_mode="bilinear",
 FAST_NET = NetConfig(name="skip", channels=32, levels=5, skip_channels=4, upsample_mode="bilinear")
 PAPER_STOP = EarlyStopConfig(window=100, patience=1000)
 FAST_STOP = EarlyStopConfig(window=100, patience=300, signal="ema", min_delta=0.2, noise_gate=1.0)
+
+
+@dataclass(frozen=True)
+class SizeCap:
+    """An iteration cap that grows with the output: ``small`` up to ``from_side`` px a side, ``large``
+    from ``to_side`` px, linear in the side between, rounded to ``step``. A side is the square root of
+    the pixel count, so a 128x512 image counts as 256 px.
+
+    A noise-free fit (known pixels, a clean low-resolution image) has nothing to overfit, so its cap
+    is what ends it; a larger image takes more iterations to reach the same detail, and on a small
+    one the extra iterations bring little (docs/benchmarks.md, "The cap grows with the image")."""
+
+    small: int
+    large: int
+    from_side: int
+    to_side: int
+    step: int = 500
+
+    def at(self, pixels: int | None) -> int:
+        """The cap for an output of ``pixels`` pixels; ``None`` (not read yet): the largest."""
+        if pixels is None:
+            return self.large
+        t = min(1.0, max(0.0, (math.sqrt(pixels) - self.from_side) / (self.to_side - self.from_side)))
+        return int(round((self.small + t * (self.large - self.small)) / self.step)) * self.step
 
 
 def fast_fit(*, iterations: int, reg_noise_std: float, ema: float = 0.99, lr: float = 0.01) -> FitConfig:

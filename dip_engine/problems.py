@@ -23,7 +23,7 @@ from . import degradations
 from .config import FitConfig, NetConfig, RunConfig
 from .errors import InputError
 from .io import LoadedImage, load_image, load_kernel, load_mask, resize_image
-from .presets import FAST_NET, HOLES_NET, HOURGLASS, PAPER_STOP, SNAIL_NET, fast_fit, paper_fit
+from .presets import FAST_NET, HOLES_NET, HOURGLASS, PAPER_STOP, SNAIL_NET, SizeCap, fast_fit, paper_fit
 from .seeding import numpy_rng
 from .spec import PresetName, RestoreSpec, TaskName
 
@@ -32,7 +32,7 @@ if TYPE_CHECKING:
 
     from .physics import Physics
 
-__all__ = ["Measurement", "OperatorData", "PROBLEMS", "Problem", "TaskFiles", "build_measurement",
+__all__ = ["Measurement", "OperatorData", "PROBLEMS", "PresetContext", "Problem", "TaskFiles", "build_measurement",
            "get_problem", "make_physics"]
 
 
@@ -99,8 +99,21 @@ class OperatorData:
     kernel: torch.Tensor | None = None
 
 
-PresetFn = Callable[[RestoreSpec, bool], RunConfig]
-"""(request, scattered mask) -> configuration."""
+@dataclass(frozen=True)
+class PresetContext:
+    """What a preset may look at besides the request, once the inputs are read.
+
+    Attributes:
+        scattered: the inpainting mask is random missing pixels (not text or holes).
+        pixels: the output's pixel count; ``None`` before the image is read.
+    """
+
+    scattered: bool = False
+    pixels: int | None = None
+
+
+PresetFn = Callable[[RestoreSpec, PresetContext], RunConfig]
+"""(request, what the inputs showed) -> configuration."""
 
 
 def _no_check(spec: RestoreSpec, uploads: frozenset[str]) -> None:
@@ -225,12 +238,12 @@ def _superres_measure(spec: RestoreSpec, loaded: LoadedImage, files: TaskFiles) 
                        baseline=resize_image(pixels, size=(size[1], size[0]), method="bicubic"))
 
 
-def _superres_paper(spec: RestoreSpec, _: bool) -> RunConfig:
+def _superres_paper(spec: RestoreSpec, _: PresetContext) -> RunConfig:
     iterations, noise = (4000, 0.05) if spec.scale >= 8 else (2000, 0.03)
     return RunConfig(HOURGLASS, paper_fit(iterations=iterations, reg_noise_std=noise))
 
 
-def _superres_quality(spec: RestoreSpec, _: bool) -> RunConfig:
+def _superres_quality(spec: RestoreSpec, _: PresetContext) -> RunConfig:
     iterations, noise = (4000, 0.05) if spec.scale >= 8 else (2000, 0.03)
     return RunConfig(HOURGLASS, FitConfig(iterations=iterations, reg_noise_std=noise, early_stop=PAPER_STOP))
 
@@ -278,24 +291,30 @@ def _inpaint_measure(spec: RestoreSpec, loaded: LoadedImage, files: TaskFiles) -
                        degraded=y, baseline=y)
 
 
-def _inpaint_fast(spec: RestoreSpec, scattered: bool) -> RunConfig:
-    if scattered:
+# 3000 at 96 px a side, 3500 at 128, 5000 from 256: on the tuning images 5000 against 3000 gained 0.04 dB at
+# 96 px, 0.11 at 128 and 0.44 at 256 (docs/benchmarks.md, "The cap grows with the image").
+_SCATTERED_CAP = SizeCap(small=3000, large=5000, from_side=96, to_side=256)
+
+
+def _inpaint_fast(spec: RestoreSpec, context: PresetContext) -> RunConfig:
+    if context.scattered:
         # 0.005 beat 0.01 by 0.08 dB on 11 images at 256 px and 0.20 at 96 px (docs/benchmarks.md, "Inpainting").
-        return RunConfig(FAST_NET, fast_fit(iterations=3000, reg_noise_std=0.03, lr=0.005))
+        return RunConfig(FAST_NET, fast_fit(iterations=_SCATTERED_CAP.at(context.pixels), reg_noise_std=0.03,
+                                            lr=0.005))
     fit = fast_fit(iterations=3000, reg_noise_std=0.03)
     return RunConfig(replace(FAST_NET, skip_channels=64, upsample_mode="nearest"), fit)
 
 
-def _inpaint_quality(spec: RestoreSpec, scattered: bool) -> RunConfig:
-    if scattered:
+def _inpaint_quality(spec: RestoreSpec, context: PresetContext) -> RunConfig:
+    if context.scattered:
         # The paper ran 11000 iterations at lr 0.001 for 50% missing pixels (the paper preset);
         # at lr 0.01 the fit peaks within ~2000 iterations on our crops (docs/benchmarks.md).
         return RunConfig(HOURGLASS, FitConfig(iterations=4000, lr=0.01, reg_noise_std=0.03, early_stop=PAPER_STOP))
     return RunConfig(HOLES_NET, FitConfig(iterations=6000, reg_noise_std=0.03, early_stop=PAPER_STOP))
 
 
-def _inpaint_paper(spec: RestoreSpec, scattered: bool) -> RunConfig:
-    if scattered:  # restoration.ipynb, barbara: 50% of pixels missing
+def _inpaint_paper(spec: RestoreSpec, context: PresetContext) -> RunConfig:
+    if context.scattered:  # restoration.ipynb, barbara: 50% of pixels missing
         return RunConfig(HOURGLASS, paper_fit(iterations=11000, lr=0.001, reg_noise_std=0.03))
     # inpainting.ipynb, kate.png: text over the image
     return RunConfig(HOLES_NET, paper_fit(iterations=6001, reg_noise_std=0.03))
@@ -471,11 +490,13 @@ def build_measurement(
 # -- a request's configuration: its preset, from the table, with its overrides ---------------------
 
 
-def preset_config(preset: PresetName, task: TaskName, *, scale: int = 4, scattered: bool = False) -> RunConfig:
+def preset_config(preset: PresetName, task: TaskName, *, scale: int = 4, scattered: bool = False,
+                  pixels: int | None = None) -> RunConfig:
     """The preset's configuration for a task.
 
     ``scattered`` selects the random-missing-pixels variant of inpainting
-    (as opposed to text or hole masks).
+    (as opposed to text or hole masks); ``pixels``, the output's pixel count,
+    sizes the caps that grow with the image (the largest when ``None``).
 
     Raises:
         ValueError: an unknown preset or task.
@@ -483,12 +504,13 @@ def preset_config(preset: PresetName, task: TaskName, *, scale: int = 4, scatter
     problem = get_problem(task)
     if preset not in problem.presets:
         raise ValueError(f"preset must be one of {sorted(problem.presets)}, got {preset!r}")
-    return problem.presets[preset](RestoreSpec(task=task, scale=scale, preset=preset), scattered)
+    return problem.presets[preset](RestoreSpec(task=task, scale=scale, preset=preset),
+                                   PresetContext(scattered=scattered, pixels=pixels))
 
 
-def resolve(spec: RestoreSpec, *, scattered: bool = False) -> RunConfig:
+def resolve(spec: RestoreSpec, *, scattered: bool = False, pixels: int | None = None) -> RunConfig:
     """The preset's configuration with the request's overrides applied."""
-    run = preset_config(spec.preset, spec.task, scale=spec.scale, scattered=scattered)
+    run = preset_config(spec.preset, spec.task, scale=spec.scale, scattered=scattered, pixels=pixels)
     fit = run.fit
     changes: dict[str, object] = {}
     if spec.iterations is not None:
@@ -507,7 +529,10 @@ def resolve(spec: RestoreSpec, *, scattered: bool = False) -> RunConfig:
 
 
 def default_iterations(spec: RestoreSpec) -> int:
-    """The iteration cap a request will run with (for progress before the run starts)."""
-    return spec.iterations if spec.iterations is not None else preset_config(
-        spec.preset, spec.task, scale=spec.scale, scattered=spec.drop_fraction is not None
-    ).fit.iterations
+    """The most iterations a request can run: its cap at the largest size (the image may not
+    have been read yet)."""
+    if spec.iterations is not None:
+        return spec.iterations
+    variants = (True,) if spec.drop_fraction is not None else (False, True)  # an uploaded mask may be either
+    return max(preset_config(spec.preset, spec.task, scale=spec.scale, scattered=scattered).fit.iterations
+               for scattered in variants)

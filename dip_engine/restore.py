@@ -274,7 +274,9 @@ def _prepare(request: RestoreRequest, limits: RestoreLimits) -> _Prepared:
         spec, inputs.image, mask=inputs.mask, kernel=inputs.kernel, reference=inputs.reference,
         max_pixels=limits.max_pixels,
     )
-    run = resolve(spec, scattered=measurement.scattered_mask or spec.drop_fraction is not None)
+    height, width = measurement.output_size
+    run = resolve(spec, scattered=measurement.scattered_mask or spec.drop_fraction is not None,
+                  pixels=height * width)
     if limits.max_snapshots is not None:
         run = replace(run, fit=replace(run.fit, max_snapshots=limits.max_snapshots))
     if request.overrides:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from dip_engine.config import FitConfig
-from dip_engine.presets import apply_overrides
+from dip_engine.presets import SizeCap, apply_overrides
 from dip_engine.problems import default_iterations, get_problem, preset_config, resolve
 from dip_engine.spec import PRESETS, SCALES, TASKS, RestoreSpec
 
@@ -57,10 +57,10 @@ def test_quality_keeps_the_paper_nets_with_our_loop() -> None:
 @pytest.mark.parametrize("task", TASKS)
 @pytest.mark.parametrize("scattered", [False, True])
 def test_fast_is_no_larger_shorter_and_stops_early(task: str, scattered: bool) -> None:
-    fast = preset_config("fast", task, scattered=scattered)
+    fast = preset_config("fast", task, scattered=scattered, pixels=96 * 96)
     quality = preset_config("quality", task, scattered=scattered)
     assert fast.net.level_channels()[0] <= quality.net.level_channels()[0]
-    # A cap, not a budget: 3000 at most; what makes it fast is the narrower net in bf16.
+    # A cap, not a budget: 3000 at most at 96 px; what makes it fast is the narrower net in bf16.
     assert fast.fit.iterations <= max(quality.fit.iterations, 3000)
     assert fast.fit.early_stop is not None and fast.fit.early_stop.patience < quality.fit.early_stop.patience
     # The detector waits for the fit to reach the measurement's noise (noise-free tasks run on), and the
@@ -103,8 +103,34 @@ def test_overrides_apply() -> None:
     assert resolve(RestoreSpec(task="denoise", preset="paper")) == preset_config("paper", "denoise")
 
 
+def test_size_cap_grows_linearly_in_the_side_between_its_two_sizes() -> None:
+    cap = SizeCap(small=3000, large=5000, from_side=96, to_side=256)
+    sides = (16, 96, 128, 160, 192, 224, 256, 512)
+    assert [cap.at(side * side) for side in sides] == [3000, 3000, 3500, 4000, 4000, 4500, 5000, 5000]
+    assert cap.at(128 * 512) == 5000  # the side of the pixel count, not the short side
+    assert cap.at(None) == 5000  # not read yet: the most it may run
+    assert SizeCap(small=3000, large=5000, from_side=96, to_side=256, step=100).at(128 * 128) == 3400
+
+
+def test_only_scattered_pixel_inpainting_runs_longer_on_larger_images() -> None:
+    def cap(task: str, side: int, scattered: bool = False) -> int:
+        return preset_config("fast", task, scattered=scattered, pixels=side * side).fit.iterations
+
+    assert [cap("inpaint", side, scattered=True) for side in (96, 128, 256, 512)] == [3000, 3500, 5000, 5000]
+    for task in TASKS:
+        if task != "inpaint":
+            assert cap(task, 96) == cap(task, 512) == preset_config("fast", task).fit.iterations
+    assert cap("inpaint", 96) == cap("inpaint", 512) == 3000
+    # The other presets keep their protocols' fixed counts.
+    assert preset_config("quality", "inpaint", scattered=True, pixels=512 * 512).fit.iterations == 4000
+    assert preset_config("paper", "inpaint", scattered=True, pixels=96 * 96).fit.iterations == 11000
+
+
 def test_default_iterations_follow_the_preset_and_the_request() -> None:
     assert default_iterations(RestoreSpec(task="denoise", preset="paper")) == 3000
+    # Before the image is read: the most it may run, and an uploaded mask may be scattered pixels.
+    assert default_iterations(RestoreSpec(task="inpaint")) == 5000
+    assert default_iterations(RestoreSpec(task="inpaint", drop_fraction=0.5)) == 5000
     assert default_iterations(RestoreSpec(task="inpaint", preset="quality", drop_fraction=0.5)) == 4000
     assert default_iterations(RestoreSpec(task="inpaint", preset="paper", drop_fraction=0.5)) == 11000
     assert default_iterations(RestoreSpec(task="superres", iterations=42)) == 42

@@ -206,6 +206,16 @@ def test_scattered_masks_pick_the_random_pixel_preset(tmp_path: Path, make_image
     assert net_of(block)["upsample_mode"] == "nearest" and net_of(block)["skip_channels"] > 4
 
 
+def test_the_cap_is_sized_by_the_image_read(tmp_path: Path, make_image: ImageMaker) -> None:
+    def cap(side: int) -> int:
+        source = _save(tmp_path / f"in{side}.png", make_image(side, side), "RGB")
+        spec = _spec("inpaint", iterations=None, log_every=None, drop_fraction=0.5)
+        result = restore(spec, RestoreInputs(source), tmp_path / f"out{side}", callbacks=[CancelAt(1)])
+        return result.metrics["config"]["fit"]["iterations"]
+
+    assert (cap(64), cap(256)) == (3000, 5000)
+
+
 @pytest.mark.parametrize(("noise_sigma", "kept"), [(None, True), (0.0, True), (25.0, False)],
                          ids=["clean-assumed", "clean-given", "noisy"])
 def test_noise_free_inpainting_keeps_the_known_pixels(tmp_path: Path, noise_sigma: float | None, kept: bool) -> None:
