@@ -23,7 +23,7 @@ from . import degradations
 from .config import FitConfig, NetConfig, RunConfig
 from .errors import InputError
 from .io import LoadedImage, load_image, load_kernel, load_mask, resize_image
-from .presets import FAST_NET, HOLES_NET, HOURGLASS, PAPER_STOP, SNAIL_NET, SizeCap, fast_fit, paper_fit
+from .presets import FAST_NET, HOLES_NET, HOURGLASS, NOISE_FREE_CAP, PAPER_STOP, SNAIL_NET, fast_fit, paper_fit
 from .seeding import numpy_rng
 from .spec import PresetName, RestoreSpec, TaskName
 
@@ -252,7 +252,8 @@ _SUPERRES_PRESETS: Mapping[str, PresetFn] = {
     # lr 0.005: on 256 px Set14 crops the 5x32 net's averaged output rose faster than at 0.01 (face
     # +0.12, foreman +0.11, lenna +0.03 dB; coastguard -0.04), and 0.02 was lower still;
     # docs/benchmarks.md, "Super-resolution".
-    "fast": lambda spec, _: RunConfig(FAST_NET, fast_fit(iterations=3000, reg_noise_std=0.03, lr=0.005)),
+    "fast": lambda spec, context: RunConfig(FAST_NET, fast_fit(iterations=NOISE_FREE_CAP.at(context.pixels),
+                                                                reg_noise_std=0.03, lr=0.005)),
     "quality": _superres_quality,
     "paper": _superres_paper,
 }
@@ -291,15 +292,10 @@ def _inpaint_measure(spec: RestoreSpec, loaded: LoadedImage, files: TaskFiles) -
                        degraded=y, baseline=y)
 
 
-# 3000 at 96 px a side, 3500 at 128, 5000 from 256: on the tuning images 5000 against 3000 gained 0.04 dB at
-# 96 px, 0.11 at 128 and 0.44 at 256 (docs/benchmarks.md, "The cap grows with the image").
-_SCATTERED_CAP = SizeCap(small=3000, large=5000, from_side=96, to_side=256)
-
-
 def _inpaint_fast(spec: RestoreSpec, context: PresetContext) -> RunConfig:
     if context.scattered:
         # 0.005 beat 0.01 by 0.08 dB on 11 images at 256 px and 0.20 at 96 px (docs/benchmarks.md, "Inpainting").
-        return RunConfig(FAST_NET, fast_fit(iterations=_SCATTERED_CAP.at(context.pixels), reg_noise_std=0.03,
+        return RunConfig(FAST_NET, fast_fit(iterations=NOISE_FREE_CAP.at(context.pixels), reg_noise_std=0.03,
                                             lr=0.005))
     fit = fast_fit(iterations=3000, reg_noise_std=0.03)
     return RunConfig(replace(FAST_NET, skip_channels=64, upsample_mode="nearest"), fit)

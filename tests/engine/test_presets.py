@@ -112,18 +112,21 @@ def test_size_cap_grows_linearly_in_the_side_between_its_two_sizes() -> None:
     assert SizeCap(small=3000, large=5000, from_side=96, to_side=256, step=100).at(128 * 128) == 3400
 
 
-def test_only_scattered_pixel_inpainting_runs_longer_on_larger_images() -> None:
+def test_the_noise_free_tasks_run_longer_on_larger_images() -> None:
     def cap(task: str, side: int, scattered: bool = False) -> int:
         return preset_config("fast", task, scattered=scattered, pixels=side * side).fit.iterations
 
-    assert [cap("inpaint", side, scattered=True) for side in (96, 128, 256, 512)] == [3000, 3500, 5000, 5000]
+    growing = [3000, 3500, 5000, 5000]
+    assert [cap("inpaint", side, scattered=True) for side in (96, 128, 256, 512)] == growing
+    assert [cap("superres", side) for side in (96, 128, 256, 512)] == growing  # the output's side
     for task in TASKS:
-        if task != "inpaint":
+        if task not in ("inpaint", "superres"):
             assert cap(task, 96) == cap(task, 512) == preset_config("fast", task).fit.iterations
-    assert cap("inpaint", 96) == cap("inpaint", 512) == 3000
+    assert cap("inpaint", 96) == cap("inpaint", 512) == 3000  # masks of holes: not measured
     # The other presets keep their protocols' fixed counts.
     assert preset_config("quality", "inpaint", scattered=True, pixels=512 * 512).fit.iterations == 4000
     assert preset_config("paper", "inpaint", scattered=True, pixels=96 * 96).fit.iterations == 11000
+    assert preset_config("paper", "superres", pixels=512 * 512).fit.iterations == 2000
 
 
 def test_default_iterations_follow_the_preset_and_the_request() -> None:
@@ -131,6 +134,7 @@ def test_default_iterations_follow_the_preset_and_the_request() -> None:
     # Before the image is read: the most it may run, and an uploaded mask may be scattered pixels.
     assert default_iterations(RestoreSpec(task="inpaint")) == 5000
     assert default_iterations(RestoreSpec(task="inpaint", drop_fraction=0.5)) == 5000
+    assert default_iterations(RestoreSpec(task="superres")) == 5000
     assert default_iterations(RestoreSpec(task="inpaint", preset="quality", drop_fraction=0.5)) == 4000
     assert default_iterations(RestoreSpec(task="inpaint", preset="paper", drop_fraction=0.5)) == 11000
     assert default_iterations(RestoreSpec(task="superres", iterations=42)) == 42

@@ -207,13 +207,15 @@ def test_scattered_masks_pick_the_random_pixel_preset(tmp_path: Path, make_image
 
 
 def test_the_cap_is_sized_by_the_image_read(tmp_path: Path, make_image: ImageMaker) -> None:
-    def cap(side: int) -> int:
+    def cap(task: str, side: int, **changes: object) -> int:
         source = _save(tmp_path / f"in{side}.png", make_image(side, side), "RGB")
-        spec = _spec("inpaint", iterations=None, log_every=None, drop_fraction=0.5)
-        result = restore(spec, RestoreInputs(source), tmp_path / f"out{side}", callbacks=[CancelAt(1)])
+        spec = _spec(task, iterations=None, log_every=None, **changes)
+        result = restore(spec, RestoreInputs(source), tmp_path / f"{task}{side}", callbacks=[CancelAt(1)])
         return result.metrics["config"]["fit"]["iterations"]
 
-    assert (cap(64), cap(256)) == (3000, 5000)
+    assert (cap("inpaint", 64, drop_fraction=0.5), cap("inpaint", 256, drop_fraction=0.5)) == (3000, 5000)
+    # Super-resolution is sized by its output: x4 from 32 px is 128 px.
+    assert cap("superres", 32, scale=4) == 3500
 
 
 @pytest.mark.parametrize(("noise_sigma", "kept"), [(None, True), (0.0, True), (25.0, False)],
