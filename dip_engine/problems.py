@@ -248,12 +248,19 @@ def _superres_quality(spec: RestoreSpec, _: PresetContext) -> RunConfig:
     return RunConfig(HOURGLASS, FitConfig(iterations=iterations, reg_noise_std=noise, early_stop=PAPER_STOP))
 
 
+def _noise_free_fast(spec: RestoreSpec, context: PresetContext) -> RunConfig:
+    """The fast preset of the measurements taken as exact (a clean low-resolution image, scattered
+    known pixels): run to a cap that grows with the image, Adam at 0.005.
+
+    lr 0.005: on 256 px Set14 crops the 5x32 net's averaged output rose faster than at 0.01 (face
+    +0.12, foreman +0.11, lenna +0.03 dB; coastguard -0.04), and 0.02 was lower still; for scattered
+    pixels 0.005 beat 0.01 by 0.08 dB on 11 images at 256 px and 0.20 at 96 px (docs/benchmarks.md,
+    "Super-resolution" and "Inpainting")."""
+    return RunConfig(FAST_NET, fast_fit(iterations=NOISE_FREE_CAP.at(context.pixels), reg_noise_std=0.03, lr=0.005))
+
+
 _SUPERRES_PRESETS: Mapping[str, PresetFn] = {
-    # lr 0.005: on 256 px Set14 crops the 5x32 net's averaged output rose faster than at 0.01 (face
-    # +0.12, foreman +0.11, lenna +0.03 dB; coastguard -0.04), and 0.02 was lower still;
-    # docs/benchmarks.md, "Super-resolution".
-    "fast": lambda spec, context: RunConfig(FAST_NET, fast_fit(iterations=NOISE_FREE_CAP.at(context.pixels),
-                                                                reg_noise_std=0.03, lr=0.005)),
+    "fast": _noise_free_fast,
     "quality": _superres_quality,
     "paper": _superres_paper,
 }
@@ -294,9 +301,7 @@ def _inpaint_measure(spec: RestoreSpec, loaded: LoadedImage, files: TaskFiles) -
 
 def _inpaint_fast(spec: RestoreSpec, context: PresetContext) -> RunConfig:
     if context.scattered:
-        # 0.005 beat 0.01 by 0.08 dB on 11 images at 256 px and 0.20 at 96 px (docs/benchmarks.md, "Inpainting").
-        return RunConfig(FAST_NET, fast_fit(iterations=NOISE_FREE_CAP.at(context.pixels), reg_noise_std=0.03,
-                                            lr=0.005))
+        return _noise_free_fast(spec, context)
     fit = fast_fit(iterations=3000, reg_noise_std=0.03)
     return RunConfig(replace(FAST_NET, skip_channels=64, upsample_mode="nearest"), fit)
 
