@@ -2,9 +2,10 @@
 
 A run's trajectory does not depend on when it will stop, so one long run per
 image, recorded with ``realsize.py --trace`` (early stopping observing but
-never firing: ``--set fit.early_stop.patience=100000``), answers for every
+never firing: ``--set fit.early_stop.patience=100000 --set fit.early_stop.noise_floor=off``),
+answers for every
 rule at once what it would have returned. For each rule (cap, patience,
-minimum relative drop of the variance, noise gate), the table gives the mean
+minimum relative drop of the variance, noise gate, noise floor), the table gives the mean
 PSNR against the baseline, the wins, the detection gap to the oracle-best
 iterate within the cap, the mean iterations, and the worst error of the ETA
 the engine shows at a quarter of the run (it counts down to the cap for a
@@ -39,10 +40,14 @@ class Rule:
     patience: int
     min_delta: float
     gate: float | None  # stop only once the loss per entry is <= gate * sigma_hat^2
+    floor: float | None = None  # and at the latest once it is <= floor * sigma_hat^2
+    eta_prior: float = TYPICAL_END[0]  # the ETA's typical end: eta_prior * pixels**TYPICAL_END[1] + patience
 
     def label(self) -> str:
         gate = "off" if self.gate is None else f"{self.gate:g}"
-        return f"cap {self.cap}, patience {self.patience}, min_delta {self.min_delta:g}, gate {gate}"
+        floor = "" if self.floor is None else f", floor {self.floor:g}"
+        prior = "" if self.eta_prior == TYPICAL_END[0] else f", ETA prior {self.eta_prior:g}"
+        return f"cap {self.cap}, patience {self.patience}, min_delta {self.min_delta:g}, gate {gate}{floor}{prior}"
 
 
 @dataclass(frozen=True)
@@ -62,7 +67,7 @@ def replay(row: dict, rule: Rule) -> Replayed:
     best_var: float | None = None
     best_at: dict | None = None
     expected_end: dict[int, int] = {}  # what the engine's ETA counts down to, per log point
-    typical = (int(TYPICAL_END[0] * row["size"] ** (2 * TYPICAL_END[1])) + rule.patience
+    typical = (int(rule.eta_prior * row["size"] ** (2 * TYPICAL_END[1])) + rule.patience
                if target is not None and sigma > NOISE_FREE_SIGMA else None)
     oracle = max(p["psnr_avg"] for p in points)
     returned, end = None, None
@@ -78,7 +83,8 @@ def replay(row: dict, rule: Rule) -> Replayed:
         else:
             expected_end[point["iteration"]] = (rule.cap if typical is None else
                                                 min(rule.cap, max(typical, point["iteration"] + rule.patience)))
-        if gate_open and best_at is not None and point["iteration"] - best_at["iteration"] >= rule.patience:
+        floor_reached = rule.floor is not None and sigma is not None and point["loss"] <= rule.floor * sigma**2
+        if gate_open and best_at is not None and (floor_reached or point["iteration"] - best_at["iteration"] >= rule.patience):
             returned, end = best_at, point
             break
     if end is None:
@@ -116,8 +122,10 @@ def load_rows(path: Path) -> list[dict]:
     return [json.loads(line) for line in text.splitlines() if line.startswith("{")]
 
 
-def grid(caps: list[int], patiences: list[int], deltas: list[float], gates: list[float | None]) -> list[Rule]:
-    return [Rule(c, p, d, g) for c, p, d, g in itertools.product(caps, patiences, deltas, gates)]
+def grid(caps: list[int], patiences: list[int], deltas: list[float], gates: list[float | None],
+         floors: list[float | None] = [None], priors: list[float] = [TYPICAL_END[0]]) -> list[Rule]:
+    return [Rule(c, p, d, g, f, e) for c, p, d, g, f, e in itertools.product(caps, patiences, deltas, gates, floors, priors)
+            if f is None or g is None or f <= g]
 
 
 def _line(s: dict) -> str:
@@ -134,26 +142,44 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--patience", default="200,400,800")
     parser.add_argument("--min-delta", default="0,0.05,0.2")
     parser.add_argument("--gates", default="off,0.8,1,1.2")
+    parser.add_argument("--floors", default="off", help="noise floors to try, e.g. off,0.8,0.85")
+    parser.add_argument("--eta-priors", default=f"{TYPICAL_END[0]:g}",
+                        help="coefficients of the ETA's typical end to try (early_stopping.TYPICAL_END[0])")
     parser.add_argument("--top", type=int, default=12)
+    parser.add_argument("--per-image", action="store_true",
+                        help="also each image under every rule of the grid (narrow the grid first)")
     args = parser.parse_args(argv)
     rows = [row for path in args.traces for row in load_rows(path)]
     tuning = [r for r in rows if r["image"] not in args.held_out]
     held = [r for r in rows if r["image"] in args.held_out]
     ints = lambda text: [int(v) for v in text.split(",")]
-    gates = [None if v == "off" else float(v) for v in args.gates.split(",")]
-    rules = grid(ints(args.caps), ints(args.patience), [float(v) for v in args.min_delta.split(",")], gates)
-    ranked = sorted((summarise(tuning, rule) for rule in rules), key=lambda s: (-s["vs"], s["iterations"]))
+    optional = lambda text: [None if v == "off" else float(v) for v in text.split(",")]
+    rules = grid(ints(args.caps), ints(args.patience), [float(v) for v in args.min_delta.split(",")],
+                 optional(args.gates), optional(args.floors), [float(v) for v in args.eta_priors.split(",")])
     header = ("| rule | PSNR | vs baseline | wins | worst | gap | iterations | worst ETA error at 25% |\n"
               "|---|---|---|---|---|---|---|---|")
-    print(f"### Tuning images ({len(tuning)}): {', '.join(r['image'] for r in tuning)}; best {args.top} rules\n")
-    print(header)
-    for s in ranked[:args.top]:
-        print(_line(s))
+    chosen = rules  # the grid's order when every image is held out
+    if tuning:
+        ranked = sorted((summarise(tuning, rule) for rule in rules), key=lambda s: (-s["vs"], s["iterations"]))
+        chosen = [s["rule"] for s in ranked[:args.top]]
+        print(f"### Tuning images ({len(tuning)}): {', '.join(r['image'] for r in tuning)}; best {args.top} rules\n")
+        print(header)
+        for s in ranked[:args.top]:
+            print(_line(s))
     if held:
         print(f"\n### Held-out images ({len(held)}), the top rules above\n")
         print(header)
-        for s in ranked[:args.top]:
-            print(_line(summarise(held, s["rule"])))
+        for rule in chosen:
+            print(_line(summarise(held, rule)))
+    if args.per_image:
+        names = [row["image"] + (" (held out)" if row in held else "") for row in tuning + held]
+        print("\n### Each image: what the run returns (where it ends); the oracle within the cap\n")
+        print("| image | size | baseline | " + " | ".join(rule.label() for rule in rules) + " | oracle |")
+        print("|---|---|---|" + "---|" * len(rules) + "---|")
+        for name, row in zip(names, tuning + held):
+            results = [replay(row, rule) for rule in rules]
+            cells = " | ".join(f"{r.psnr:.2f} ({r.end})" for r in results)
+            print(f"| {name} | {row['size']} | {row['baseline_psnr']:.2f} | {cells} | {max(r.oracle for r in results):.2f} |")
     return 0
 
 

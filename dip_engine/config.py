@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -113,6 +114,12 @@ class EarlyStopConfig:
     not count. A noise-free measurement (inpainting's known pixels, a clean
     low-resolution image) then runs until it is fitted to its own fine-texture
     level instead of stopping while the fit still improves.
+
+    ``noise_floor`` (``None``: off; at most the gate) ends the run once the loss
+    has fallen to ``noise_floor * sigma^2``: a fit that far below the noise
+    reproduces the noise itself, whatever the variance does. On the averaged
+    outputs the variance can keep dropping by the margin well past the PSNR
+    peak on a small image; the run then returns the output at its minimum.
     """
 
     window: int = 100
@@ -120,6 +127,7 @@ class EarlyStopConfig:
     signal: OutputKind = "raw"
     min_delta: float = 0.0
     noise_gate: float | None = None
+    noise_floor: float | None = None
 
     def __post_init__(self) -> None:
         if self.signal not in ("raw", "ema"):
@@ -132,6 +140,9 @@ class EarlyStopConfig:
             raise ValueError(f"EarlyStopConfig.patience must be >= 1, got {self.patience}")
         if self.noise_gate is not None and not self.noise_gate > 0:
             raise ValueError(f"EarlyStopConfig.noise_gate must be > 0 or None, got {self.noise_gate}")
+        if self.noise_floor is not None and not (0 < self.noise_floor <= (self.noise_gate or math.inf)):
+            raise ValueError(f"EarlyStopConfig.noise_floor must be > 0 and at most noise_gate ({self.noise_gate}), "
+                             f"or None; got {self.noise_floor}")
 
 
 @dataclass(frozen=True)

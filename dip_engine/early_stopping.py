@@ -104,6 +104,10 @@ class EarlyStopping:
                            else config.noise_gate * noise_sigma**2)
         self.gate_open = self.fit_target is None
         self.gate_opened_at: int | None = None
+        # The loss below which the fit reproduces the noise: the run ends there (the noise floor).
+        self.floor_target = (None if config.noise_floor is None or noise_sigma is None
+                             else config.noise_floor * noise_sigma**2)
+        self.floor_reached_at: int | None = None
         self.variance = WindowedVariance(config.window)
         self._best_var: Tensor | None = None
         self._best_iter: Tensor | None = None
@@ -146,14 +150,16 @@ class EarlyStopping:
     def observe_fit(self, iteration: int, fit_mse: float, candidate: Tensor) -> None:
         """Report the loss per measured entry (at log points). Once it reaches the target the
         noise gate opens: the minima seen before are forgotten and ``candidate`` (the
-        current output) is where the search starts again."""
-        if self.gate_open or self.fit_target is None or not fit_mse <= self.fit_target:
-            return
-        self.gate_open, self.gate_opened_at = True, iteration
-        if self.last_variance is not None and self._best_var is not None:
-            self._best_var = self.last_variance.clone()
-            self._best_iter = torch.full((), iteration, dtype=torch.long, device=self._best_var.device)
-            self.candidate = candidate.detach().clone()
+        current output) is where the search starts again. Once it reaches the noise floor, the
+        run is over."""
+        if not self.gate_open and self.fit_target is not None and fit_mse <= self.fit_target:
+            self.gate_open, self.gate_opened_at = True, iteration
+            if self.last_variance is not None and self._best_var is not None:
+                self._best_var = self.last_variance.clone()
+                self._best_iter = torch.full((), iteration, dtype=torch.long, device=self._best_var.device)
+                self.candidate = candidate.detach().clone()
+        if self.floor_reached_at is None and self.floor_target is not None and fit_mse <= self.floor_target:
+            self.floor_reached_at = iteration
 
     def expected_end(self, cap: int, iteration: int = 0) -> int:
         """Where the run ends if no new minimum comes: patience after the last one, once the
@@ -168,6 +174,8 @@ class EarlyStopping:
         return min(cap, max(self.typical_end, iteration + self.config.patience))
 
     def should_stop(self, iteration: int) -> bool:
+        if self.floor_reached_at is not None:
+            return True
         detected = self.detected_iteration
         return self.gate_open and detected is not None and iteration - detected >= self.config.patience
 
@@ -180,6 +188,7 @@ class EarlyStopping:
             "last_variance": self.last_variance,
             "gate_open": self.gate_open,
             "gate_opened_at": self.gate_opened_at,
+            "floor_reached_at": self.floor_reached_at,
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -188,3 +197,4 @@ class EarlyStopping:
         self.candidate, self.last_variance = state["candidate"], state["last_variance"]
         self.gate_open = state.get("gate_open", self.fit_target is None)
         self.gate_opened_at = state.get("gate_opened_at")
+        self.floor_reached_at = state.get("floor_reached_at")

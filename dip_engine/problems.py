@@ -20,10 +20,11 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from . import degradations
-from .config import FitConfig, NetConfig, RunConfig
+from .config import EarlyStopConfig, FitConfig, NetConfig, RunConfig
 from .errors import InputError
 from .io import LoadedImage, load_image, load_kernel, load_mask, resize_image
-from .presets import FAST_NET, HOLES_NET, HOURGLASS, NOISE_FREE_CAP, PAPER_STOP, SNAIL_NET, fast_fit, paper_fit
+from .presets import (DENOISE_CAP, DENOISE_STOP, FAST_NET, FAST_STOP, HOLES_NET, HOURGLASS, NOISE_FREE_CAP, PAPER_STOP,
+                      SNAIL_NET, SizeCap, fast_fit, paper_fit)
 from .seeding import numpy_rng
 from .spec import PresetName, RestoreSpec, TaskName
 
@@ -189,13 +190,17 @@ def _denoise_measure(spec: RestoreSpec, loaded: LoadedImage, files: TaskFiles) -
     return Measurement(y=y, output_size=pixels.shape[:2], reference=reference, alpha=loaded.alpha, degraded=y, baseline=y)
 
 
-def _denoising_loop(*, fast_net: NetConfig, full_net: NetConfig, iterations: int, fast_iterations: int,
-                    fast_ema: float = 0.995) -> Mapping[str, PresetFn]:
+def _denoising_loop(*, fast_net: NetConfig, full_net: NetConfig, iterations: int, fast_iterations: int | SizeCap,
+                    fast_ema: float = 0.995, fast_stop: EarlyStopConfig = FAST_STOP) -> Mapping[str, PresetFn]:
     """The presets of the denoising notebook's loop (jitter 1/30, averaging, backtracking) on
-    given nets: denoising, JPEG artefacts and deblurring differ only in these arguments."""
+    given nets: denoising, JPEG artefacts and deblurring differ only in these arguments. The fast
+    preset's cap is fixed, or grows with the image."""
+    def fast_cap(context: PresetContext) -> int:
+        return fast_iterations if isinstance(fast_iterations, int) else fast_iterations.at(context.pixels)
+
     return {
-        "fast": lambda spec, _: RunConfig(fast_net, fast_fit(iterations=fast_iterations, reg_noise_std=1 / 30,
-                                                             ema=fast_ema)),
+        "fast": lambda spec, context: RunConfig(fast_net, fast_fit(iterations=fast_cap(context), reg_noise_std=1 / 30,
+                                                                   ema=fast_ema, early_stop=fast_stop)),
         "quality": lambda spec, _: RunConfig(full_net, FitConfig(iterations=iterations, reg_noise_std=1 / 30,
                                                                  early_stop=PAPER_STOP)),
         "paper": lambda spec, _: RunConfig(full_net, paper_fit(iterations=iterations, reg_noise_std=1 / 30,
@@ -204,7 +209,8 @@ def _denoising_loop(*, fast_net: NetConfig, full_net: NetConfig, iterations: int
 
 
 # A longer average (0.995) measured +0.09 dB at the early-stop iterate on 96 px crops (docs/benchmarks.md).
-_DENOISE_PRESETS = _denoising_loop(fast_net=FAST_NET, full_net=HOURGLASS, iterations=3000, fast_iterations=3000)
+_DENOISE_PRESETS = _denoising_loop(fast_net=FAST_NET, full_net=HOURGLASS, iterations=3000, fast_iterations=DENOISE_CAP,
+                                   fast_stop=DENOISE_STOP)
 
 
 # -- super-resolution -----------------------------------------------------------------

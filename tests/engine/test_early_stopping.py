@@ -268,12 +268,12 @@ def test_the_plain_detector_fires_while_the_averaged_output_still_improves() -> 
     assert stop is not None and rise > 0.1
 
 
-def test_the_default_detector_never_fires_while_the_averaged_output_still_improves() -> None:
+@pytest.mark.parametrize("default", ["FAST_STOP", "DENOISE_STOP"])
+def test_the_default_detector_never_fires_while_the_averaged_output_still_improves(default: str) -> None:
+    from dip_engine import presets
     from dip_engine.noise import estimate_noise_sigma
 
-    from dip_engine.presets import FAST_STOP
-
-    config = FAST_STOP  # the default detector
+    config = getattr(presets, default)  # the default detectors
     ys, xs = torch.meshgrid(torch.linspace(0, 1, 32), torch.linspace(0, 1, 32), indexing="ij")
     clean = torch.stack([0.3 + 0.4 * xs, 0.5 + 0.2 * ys, 0.4 + 0.3 * xs * ys])
     sigma = estimate_noise_sigma(clean.permute(1, 2, 0).numpy())  # noise-free: its own texture only
@@ -290,6 +290,32 @@ def test_the_gate_opens_at_the_noise_level_and_restarts_the_search_there() -> No
     assert detector.gate_opened_at == 5 and detector.detected_iteration == 5
     assert not detector.should_stop(7) and detector.should_stop(8)
     assert float(detector.candidate) == 5.0
+
+
+def test_the_noise_floor_ends_a_run_whose_variance_keeps_falling() -> None:
+    config = EarlyStopConfig(window=2, patience=3, min_delta=0.2, noise_gate=1.0, noise_floor=0.8)
+    detector = EarlyStopping(config, noise_sigma=0.1)  # sigma^2 = 0.01: the floor is at 0.008
+    losses = [0.05, 0.0095, 0.009, 0.0085, 0.0079]
+    for t, loss in enumerate(losses, start=1):
+        # Each variance undercuts the last by more than the margin: patience alone would never end it.
+        detector.update_variance(t, torch.tensor(0.5**t), torch.full((1,), float(t)))
+        detector.observe_fit(t, loss, torch.full((1,), float(t)))
+        assert detector.should_stop(t) == (t == 5)
+    assert detector.floor_reached_at == 5 and detector.detected_iteration == 5
+    restored = EarlyStopping(config, noise_sigma=0.1)
+    restored.load_state_dict(_through_a_file(detector.state_dict()))
+    assert restored.should_stop(5) and restored.floor_reached_at == 5
+
+
+def test_the_noise_floor_lies_at_or_below_the_gate() -> None:
+    for gate, floor in ((1.0, 1.2), (1.0, 0.0), (None, -1.0)):
+        with pytest.raises(ValueError, match="noise_floor"):
+            EarlyStopConfig(noise_gate=gate, noise_floor=floor)
+    # A noise-free measurement (sigma 0) never reaches a floor of 0: it runs to its cap.
+    detector = EarlyStopping(EarlyStopConfig(window=2, patience=3, noise_gate=1.0, noise_floor=0.8), noise_sigma=0.0)
+    detector.update_variance(1, torch.tensor(1.0), torch.zeros(1))
+    detector.observe_fit(1, 1e-9, torch.zeros(1))
+    assert not detector.should_stop(1) and detector.floor_reached_at is None
 
 
 def test_the_expected_end_is_patience_after_the_minimum_once_the_gate_is_open() -> None:

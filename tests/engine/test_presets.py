@@ -119,8 +119,10 @@ def test_the_noise_free_tasks_run_longer_on_larger_images() -> None:
     growing = [3000, 3500, 5000, 5000]
     assert [cap("inpaint", side, scattered=True) for side in (96, 128, 256, 512)] == growing
     assert [cap("superres", side) for side in (96, 128, 256, 512)] == growing  # the output's side
+    # Denoising grows later: its detector ends most runs before 3000 up to 256 px.
+    assert [cap("denoise", side) for side in (96, 256, 384, 512, 1024)] == [3000, 3000, 4000, 5000, 5000]
     for task in TASKS:
-        if task not in ("inpaint", "superres"):
+        if task not in ("inpaint", "superres", "denoise"):
             assert cap(task, 96) == cap(task, 512) == preset_config("fast", task).fit.iterations
     assert cap("inpaint", 96) == cap("inpaint", 512) == 3000  # masks of holes: not measured
     # The other presets keep their protocols' fixed counts.
@@ -129,8 +131,19 @@ def test_the_noise_free_tasks_run_longer_on_larger_images() -> None:
     assert preset_config("paper", "superres", pixels=512 * 512).fit.iterations == 2000
 
 
+def test_only_denoising_has_the_noise_floor() -> None:
+    # Measured on denoising only (docs/benchmarks.md, "The noise floor").
+    assert preset_config("fast", "denoise").fit.early_stop.noise_floor == 0.8
+    for task in TASKS:
+        stop = preset_config("fast", task).fit.early_stop
+        if task != "denoise" and stop is not None:
+            assert stop.noise_floor is None, task
+
+
 def test_default_iterations_follow_the_preset_and_the_request() -> None:
     assert default_iterations(RestoreSpec(task="denoise", preset="paper")) == 3000
+    assert default_iterations(RestoreSpec(task="denoise")) == 5000
+    assert default_iterations(RestoreSpec(task="deblur")) == 3000
     # Before the image is read: the most it may run, and an uploaded mask may be scattered pixels.
     assert default_iterations(RestoreSpec(task="inpaint")) == 5000
     assert default_iterations(RestoreSpec(task="inpaint", drop_fraction=0.5)) == 5000

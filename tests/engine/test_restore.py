@@ -216,6 +216,8 @@ def test_the_cap_is_sized_by_the_image_read(tmp_path: Path, make_image: ImageMak
     assert (cap("inpaint", 64, drop_fraction=0.5), cap("inpaint", 256, drop_fraction=0.5)) == (3000, 5000)
     # Super-resolution is sized by its output: x4 from 32 px is 128 px.
     assert cap("superres", 32, scale=4) == 3500
+    # Denoising grows from 256 px.
+    assert (cap("denoise", 256), cap("denoise", 384)) == (3000, 4000)
 
 
 @pytest.mark.parametrize(("noise_sigma", "kept"), [(None, True), (0.0, True), (25.0, False)],

@@ -173,7 +173,7 @@ def test_output_pixel_limit():
 @pytest.mark.parametrize(("changes", "words"), [
     ({"iterations": 20000, "snapshot_every": 1}, ["20000 snapshots", "at most 200", "snapshot_every >= 100"]),
     ({"iterations": 6000, "log_every": 1}, ["6000 history points", "at most 5000", "log_every >= 2"]),
-    ({"snapshot_every": 10}, ["300 snapshots over 3000 iterations"]),  # the preset's cap counts when unset
+    ({"snapshot_every": 10}, ["500 snapshots over 5000 iterations"]),  # the preset's cap counts when unset
 ])
 def test_requests_for_too_many_history_points_or_snapshots_are_refused(changes: dict, words: list[str]) -> None:
     with pytest.raises(InputError) as excinfo:
