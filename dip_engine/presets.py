@@ -83,7 +83,7 @@ NOISE_FREE_CAP = SizeCap(small=3000, large=5000, from_side=96, to_side=256)
 
 # The fast preset's denoising cap: 3000 up to 256 px a side, where the gated detector ends most runs
 # before it, growing to 5000 at 512 px, where the noise gate was still shut at 5000 and the averaged
-# output still rising: +0.52 to +0.62 dB against 3000 on three tuning images (docs/benchmarks.md,
+# output still rising: +0.52 to +0.63 dB against 3000 on three tuning images (docs/benchmarks.md,
 # "The denoising cap grows from 256 to 512 px").
 DENOISE_CAP = SizeCap(small=3000, large=5000, from_side=256, to_side=512)
 
