@@ -30,8 +30,10 @@ import statistics
 from dataclasses import dataclass
 from pathlib import Path
 
-from dip_engine.early_stopping import TYPICAL_END
-from dip_engine.noise import NOISE_FREE_SIGMA
+import torch
+
+from dip_engine.config import EarlyStopConfig
+from dip_engine.early_stopping import TYPICAL_END, EarlyStopping
 
 
 @dataclass(frozen=True)
@@ -59,37 +61,28 @@ class Replayed:
 
 
 def replay(row: dict, rule: Rule) -> Replayed:
-    """What ``row``'s run returns under ``rule``, and how far off its ETA was at 25% of it."""
+    """What ``row``'s run returns under ``rule``, and how far off its ETA was at 25% of it: the
+    engine's own detector, fed the logged variance and loss of each point."""
     points = [p for p in row["history"] if p["iteration"] <= rule.cap]
-    sigma = row.get("noise_sigma_estimate")
-    target = None if rule.gate is None or sigma is None else rule.gate * sigma**2
-    gate_open = target is None
-    best_var: float | None = None
-    best_at: dict | None = None
-    expected_end: dict[int, int] = {}  # what the engine's ETA counts down to, per log point
-    typical = (int(rule.eta_prior * row["size"] ** (2 * TYPICAL_END[1])) + rule.patience
-               if target is not None and sigma > NOISE_FREE_SIGMA else None)
+    config = EarlyStopConfig(patience=rule.patience, signal="ema", min_delta=rule.min_delta, noise_gate=rule.gate,
+                             noise_floor=rule.floor)
+    detector = EarlyStopping(config, noise_sigma=row.get("noise_sigma_estimate"), pixels=row["size"] ** 2)
+    if detector.typical_end is not None:
+        detector.typical_end = int(rule.eta_prior * row["size"] ** (2 * TYPICAL_END[1])) + rule.patience
     oracle = max(p["psnr_avg"] for p in points)
-    returned, end = None, None
-    for point in points:
-        if not gate_open and point["loss"] <= target:
-            gate_open = True
-            best_var, best_at = point["variance"], point
-        variance = point["variance"]
-        if variance is not None and (best_var is None or variance < best_var * (1.0 - rule.min_delta)):
-            best_var, best_at = variance, point
-        if gate_open and best_at is not None:
-            expected_end[point["iteration"]] = min(rule.cap, best_at["iteration"] + rule.patience)
-        else:
-            expected_end[point["iteration"]] = (rule.cap if typical is None else
-                                                min(rule.cap, max(typical, point["iteration"] + rule.patience)))
-        floor_reached = rule.floor is not None and sigma is not None and point["loss"] <= rule.floor * sigma**2
-        if gate_open and best_at is not None and (floor_reached or point["iteration"] - best_at["iteration"] >= rule.patience):
-            returned, end = best_at, point
+    expected_end: dict[int, int] = {}  # what the engine's ETA counts down to, per log point
+    end = points[-1]
+    for index, point in enumerate(points):
+        # The candidate a minimum remembers is the point's index: what the run would return.
+        if point["variance"] is not None:
+            detector.update_variance(point["iteration"], torch.tensor(point["variance"]), torch.tensor(index))
+        detector.observe_fit(point["iteration"], point["loss"], torch.tensor(index))
+        expected_end[point["iteration"]] = detector.expected_end(rule.cap, point["iteration"])
+        if detector.should_stop(point["iteration"]):
+            end = point
             break
-    if end is None:
-        end = points[-1]
-        returned = best_at if (gate_open and best_at is not None) else end
+    # As fit() ends: the output at the variance minimum once the gate has opened, else the last one.
+    returned = points[int(detector.candidate)] if detector.candidate is not None and detector.gate_open else end
     quarter = min((p for p in points if p["iteration"] <= end["iteration"]),
                   key=lambda p: abs(p["iteration"] - end["iteration"] / 4))
     # In iterations: the speed part of the ETA is exact on a machine the run has to itself.
