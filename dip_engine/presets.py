@@ -25,9 +25,8 @@ from dataclasses import dataclass, replace
 from .config import EarlyStopConfig, FitConfig, NetConfig, RunConfig
 
 __all__ = [
-    "FAST_NET", "FAST_STOP", "HOLES_NET", "HOURGLASS", "NOISE_FREE_CAP", "PAPER_STOP", "SNAIL_NET", "RunConfig",
-    "SizeCap",
-    "apply_overrides", "fast_fit", "paper_fit",
+    "DENOISE_CAP", "DENOISE_STOP", "FAST_NET", "FAST_STOP", "HOLES_NET", "HOURGLASS", "NOISE_FREE_CAP", "PAPER_STOP",
+    "SNAIL_NET", "RunConfig", "SizeCap", "apply_overrides", "fast_fit", "paper_fit",
 ]
 
 # The paper's hourglass: 5 levels of 128 channels, skips of 4 (denoising, super-resolution,
