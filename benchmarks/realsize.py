@@ -4,7 +4,9 @@ One table per task, each image centre-cropped to ``--size`` (256 by default),
 run exactly as ``dip restore TASK IMAGE`` runs it (the default preset, early
 stopping, no reference used to stop: the clean image only scores the result).
 Columns: the classical baseline, DIP's output, the oracle-best iterate and the
-detection gap, where the run stopped against its cap, and wall seconds.
+detection gap, where the run stopped against its cap, wall seconds, and how far
+off the ETA was when a quarter of the run's time had passed (|ETA shown /
+seconds really left - 1|, as the CLI's bar and ``progress.eta_seconds`` show it).
 The last ``--held-out`` images of each set are never used for tuning and are
 summarised on their own line.
 
@@ -33,6 +35,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from dip_engine.callbacks import Callback, FitState
+from dip_engine.history import LogRecord
 from dip_engine.restore import RestoreInputs, restore
 from dip_engine.spec import RestoreSpec
 
@@ -115,6 +119,36 @@ def prepare(task: str, clean: np.ndarray, work: Path, args: argparse.Namespace) 
     return spec, RestoreInputs(work / "low.png", reference=reference), "bicubic", psnr(up, truth)
 
 
+class EtaAtAQuarter(Callback):
+    """The ETA the run showed at each log point, and when it really ended."""
+
+    def __init__(self) -> None:
+        # (seconds since the start, ETA in seconds, iteration, the iteration the ETA counted down to)
+        self.shown: list[tuple[float, float, int, int]] = []
+        self.start = self.end = 0.0
+        self.iterations = 0
+
+    def on_fit_start(self, state: FitState) -> None:
+        self.start = time.monotonic()
+
+    def on_log(self, state: FitState, record: LogRecord) -> None:
+        if state.eta_seconds is not None:
+            self.shown.append((time.monotonic() - self.start, state.eta_seconds, state.iteration, state.end))
+
+    def on_fit_end(self, state: FitState) -> None:
+        self.end, self.iterations = time.monotonic() - self.start, state.iteration
+
+    def errors(self) -> tuple[float | None, float | None]:
+        """At the log point nearest a quarter of the run's time: |ETA / seconds really left - 1|, and
+        the part of it that is the forecast end's, |iterations counted down / really left - 1|."""
+        if not self.shown:
+            return None, None
+        at, eta, iteration, end = min(self.shown, key=lambda point: abs(point[0] - self.end / 4))
+        left = self.iterations - iteration
+        return (abs(eta / (self.end - at) - 1) if self.end > at else 0.0,
+                abs((end - iteration) / left - 1) if left > 0 else 0.0)
+
+
 def run_one(task: str, path: Path, args: argparse.Namespace, work: Path) -> dict | None:
     clean = centre_crop(path, args.size)
     if clean is None:
@@ -122,8 +156,9 @@ def run_one(task: str, path: Path, args: argparse.Namespace, work: Path) -> dict
     work.mkdir(parents=True)
     spec, inputs, baseline, baseline_psnr = prepare(task, clean, work, args)
     overrides = dict(item.split("=", 1) for item in args.set)
+    eta = EtaAtAQuarter()
     started = time.monotonic()
-    result = restore(spec, inputs, work / "out", overrides=overrides or None)
+    result = restore(spec, inputs, work / "out", callbacks=[eta], overrides=overrides or None)
     seconds = time.monotonic() - started
     s = result.metrics["summary"]
     trace = {"history": result.metrics["history"]} if args.trace else {}
@@ -133,7 +168,8 @@ def run_one(task: str, path: Path, args: argparse.Namespace, work: Path) -> dict
         "task": task, "image": path.stem, "size": args.size, "baseline": baseline, "baseline_psnr": baseline_psnr,
         "dip": s["psnr_output"], "vs_baseline": s["psnr_output"] - baseline_psnr, "oracle": s["psnr_best"],
         "oracle_it": s["best_iteration"], "gap": s["detection_gap_db"], "stop_it": s["iterations"],
-        "cap": s["iteration_cap"], "reason": s["stop_reason"], "seconds": round(seconds, 1),
+        "cap": s["iteration_cap"], "reason": s["stop_reason"], "seconds": round(seconds, 1), "eta_error": eta.errors()[0],
+        "eta_error_iterations": eta.errors()[1],
         "noise_sigma_estimate": s.get("noise_sigma_estimate"),
         "kept_measured": result.metrics["setup"].get("kept_measured"),
     } | trace
@@ -159,7 +195,8 @@ def _summary(rows: list[dict], label: str) -> str:
     return (f"{label}: {len(rows)} images, baseline {mean('baseline_psnr'):.2f}, DIP {mean('dip'):.2f} "
             f"({mean('vs_baseline'):+.2f} dB; >= baseline on {wins}/{len(rows)}, worst {worst:+.2f}), "
             f"oracle {mean('oracle'):.2f}, gap {mean('gap'):.2f} dB, stopped at {mean('stop_it'):.0f} of "
-            f"{mean('cap'):.0f}, {mean('seconds'):.0f} s per image")
+            f"{mean('cap'):.0f}, {mean('seconds'):.0f} s per image, worst ETA error at 25% "
+            f"{100 * max(r['eta_error'] or 0.0 for r in rows):.0f}%")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -194,7 +231,8 @@ def main(argv: list[str] | None = None) -> int:
                     row["held_out"] = path.stem in held_out
                     rows.append(row)
                     print(json.dumps(row), file=sys.stderr, flush=True)
-    cols = ["image", "baseline", "baseline_psnr", "dip", "vs_baseline", "oracle", "gap", "stop_it", "cap", "seconds"]
+    cols = ["image", "baseline", "baseline_psnr", "dip", "vs_baseline", "oracle", "gap", "stop_it", "cap", "seconds",
+            "eta_error"]
     fmt = lambda v: f"{v:.2f}" if isinstance(v, float) else ("-" if v is None else str(v))
     settings = " ".join(args.set) or "defaults"
     for task in args.tasks:

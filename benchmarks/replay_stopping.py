@@ -9,9 +9,9 @@ minimum relative drop of the variance, noise gate, noise floor), the table gives
 PSNR against the baseline, the wins, the detection gap to the oracle-best
 iterate within the cap, the mean iterations, and the worst error of the ETA
 the engine shows at a quarter of the run (it counts down to the cap for a
-noise-free measurement, to the typical end of ``early_stopping.TYPICAL_END``
-for a noisy one, and to patience after the variance minimum once the gate is
-open), in iterations
+noise-free measurement, to the forecast of ``dip_engine.forecast`` for a noisy
+one until its gate opens, and to patience after the variance minimum once it is
+open; ``--eta-priors`` and ``--after-gates`` vary the forecast), in iterations
 against those really left (at a steady speed, the ETA's error in seconds).
 A run that reaches its cap returns what ``fit()`` returns: the output at the
 variance minimum once the gate has opened, else its last output. The replay sees the log points only (every
@@ -33,7 +33,8 @@ from pathlib import Path
 import torch
 
 from dip_engine.config import EarlyStopConfig
-from dip_engine.early_stopping import TYPICAL_END, EarlyStopping
+from dip_engine.early_stopping import EarlyStopping
+from dip_engine.forecast import AFTER_GATE, TYPICAL_END, EndForecast
 
 
 @dataclass(frozen=True)
@@ -43,13 +44,18 @@ class Rule:
     min_delta: float
     gate: float | None  # stop only once the loss per entry is <= gate * sigma_hat^2
     floor: float | None = None  # and at the latest once it is <= floor * sigma_hat^2
-    eta_prior: float = TYPICAL_END[0]  # the ETA's typical end: eta_prior * pixels**TYPICAL_END[1] + patience
+    # The ETA's forecast (dip_engine.forecast): the typical end a * pixels**b + patience, and what follows
+    # the gate's forecast opening (None: the typical end alone).
+    eta_prior: tuple[float, float] = TYPICAL_END
+    after_gate: int | None = AFTER_GATE
 
     def label(self) -> str:
         gate = "off" if self.gate is None else f"{self.gate:g}"
         floor = "" if self.floor is None else f", floor {self.floor:g}"
-        prior = "" if self.eta_prior == TYPICAL_END[0] else f", ETA prior {self.eta_prior:g}"
-        return f"cap {self.cap}, patience {self.patience}, min_delta {self.min_delta:g}, gate {gate}{floor}{prior}"
+        prior = "" if self.eta_prior == TYPICAL_END else f", ETA prior {self.eta_prior[0]:g}:{self.eta_prior[1]:g}"
+        after = ("" if self.after_gate == AFTER_GATE
+                 else ", ETA without the loss" if self.after_gate is None else f", ETA after gate {self.after_gate}")
+        return f"cap {self.cap}, patience {self.patience}, min_delta {self.min_delta:g}, gate {gate}{floor}{prior}{after}"
 
 
 @dataclass(frozen=True)
@@ -67,8 +73,10 @@ def replay(row: dict, rule: Rule) -> Replayed:
     config = EarlyStopConfig(patience=rule.patience, signal="ema", min_delta=rule.min_delta, noise_gate=rule.gate,
                              noise_floor=rule.floor)
     detector = EarlyStopping(config, noise_sigma=row.get("noise_sigma_estimate"), pixels=row["size"] ** 2)
-    if detector.typical_end is not None:
-        detector.typical_end = int(rule.eta_prior * row["size"] ** (2 * TYPICAL_END[1])) + rule.patience
+    if detector.forecast is not None:
+        detector.forecast = EndForecast(pixels=row["size"] ** 2, patience=rule.patience,
+                                        gate_target=detector.forecast.gate_target, typical_end=rule.eta_prior,
+                                        after_gate=rule.after_gate)
     oracle = max(p["psnr_avg"] for p in points)
     expected_end: dict[int, int] = {}  # what the engine's ETA counts down to, per log point
     end = points[-1]
@@ -81,8 +89,8 @@ def replay(row: dict, rule: Rule) -> Replayed:
         if detector.should_stop(point["iteration"]):
             end = point
             break
-    # As fit() ends: the output at the variance minimum once the gate has opened, else the last one.
-    returned = points[int(detector.candidate)] if detector.candidate is not None and detector.gate_open else end
+    # As fit() ends (EarlyStopping.returns_candidate): the output at the variance minimum, or the last one.
+    returned = points[int(detector.candidate)] if detector.returns_candidate else end
     quarter = min((p for p in points if p["iteration"] <= end["iteration"]),
                   key=lambda p: abs(p["iteration"] - end["iteration"] / 4))
     # In iterations: the speed part of the ETA is exact on a machine the run has to itself.
@@ -116,8 +124,10 @@ def load_rows(path: Path) -> list[dict]:
 
 
 def grid(caps: list[int], patiences: list[int], deltas: list[float], gates: list[float | None],
-         floors: list[float | None] = [None], priors: list[float] = [TYPICAL_END[0]]) -> list[Rule]:
-    return [Rule(c, p, d, g, f, e) for c, p, d, g, f, e in itertools.product(caps, patiences, deltas, gates, floors, priors)
+         floors: list[float | None] = [None], priors: list[tuple[float, float]] = [TYPICAL_END],
+         after_gates: list[int | None] = [AFTER_GATE]) -> list[Rule]:
+    return [Rule(c, p, d, g, f, e, a) for c, p, d, g, f, e, a
+            in itertools.product(caps, patiences, deltas, gates, floors, priors, after_gates)
             if f is None or g is None or f <= g]
 
 
@@ -136,8 +146,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--min-delta", default="0,0.05,0.2")
     parser.add_argument("--gates", default="off,0.8,1,1.2")
     parser.add_argument("--floors", default="off", help="noise floors to try, e.g. off,0.8,0.85")
-    parser.add_argument("--eta-priors", default=f"{TYPICAL_END[0]:g}",
-                        help="coefficients of the ETA's typical end to try (early_stopping.TYPICAL_END[0])")
+    parser.add_argument("--eta-priors", default=f"{TYPICAL_END[0]:g}:{TYPICAL_END[1]:g}",
+                        help="the ETA's typical end a * pixels**b + patience to try, as a:b (forecast.TYPICAL_END)")
+    parser.add_argument("--after-gates", default=str(AFTER_GATE),
+                        help="the ETA's iterations from the gate's forecast opening to the end (forecast.AFTER_GATE); "
+                             "off: the typical end alone")
     parser.add_argument("--top", type=int, default=12)
     parser.add_argument("--per-image", action="store_true",
                         help="also each image under every rule of the grid (narrow the grid first)")
@@ -148,7 +161,9 @@ def main(argv: list[str] | None = None) -> int:
     ints = lambda text: [int(v) for v in text.split(",")]
     optional = lambda text: [None if v == "off" else float(v) for v in text.split(",")]
     rules = grid(ints(args.caps), ints(args.patience), [float(v) for v in args.min_delta.split(",")],
-                 optional(args.gates), optional(args.floors), [float(v) for v in args.eta_priors.split(",")])
+                 optional(args.gates), optional(args.floors),
+                 [tuple(float(x) for x in v.split(":")) for v in args.eta_priors.split(",")],  # type: ignore[misc]
+                 [None if v == "off" else int(v) for v in args.after_gates.split(",")])
     header = ("| rule | PSNR | vs baseline | wins | worst | gap | iterations | worst ETA error at 25% |\n"
               "|---|---|---|---|---|---|---|---|")
     chosen = rules  # the grid's order when every image is held out

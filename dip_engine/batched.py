@@ -464,8 +464,7 @@ class _Run:
         if config.output == "raw" and config.reg_noise_std > 0:
             last = self.stack.forward_one(self.row, self.z)[..., :self.h, :self.w]
         detected = early.detected_iteration if early is not None else None
-        # As in fit(): a minimum seen before the noise gate opened says nothing about overfitting.
-        use_candidate = early is not None and early.candidate is not None and early.gate_open
+        use_candidate = early is not None and early.returns_candidate
         output = early.candidate if use_candidate else last
         if config.channels_last:
             self.job.net.to(memory_format=torch.channels_last)

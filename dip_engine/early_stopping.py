@@ -20,12 +20,8 @@ import torch
 from torch import Tensor
 
 from .config import EarlyStopConfig
+from .forecast import EndForecast
 from .noise import NOISE_FREE_SIGMA
-
-# Where a gated run on a noisy measurement typically ends: about 1.2 * pixels**0.7 iterations
-# plus the patience (fitted on replayed sigma=25 denoising runs at 96-256 px; docs/benchmarks.md,
-# "ETA"). The ETA counts down to it until the run itself says more.
-TYPICAL_END = (1.2, 0.7)
 
 
 class WindowedVariance:
@@ -95,15 +91,17 @@ class EarlyStopping:
     def __init__(self, config: EarlyStopConfig, *, noise_sigma: float | None = None,
                  pixels: int | None = None) -> None:
         self.config = config
-        # Noise-free measurements may never reach their gate: their runs are expected to use the cap.
-        noisy = config.noise_gate is not None and noise_sigma is not None and noise_sigma > NOISE_FREE_SIGMA
-        self.typical_end = (int(TYPICAL_END[0] * pixels ** TYPICAL_END[1]) + config.patience
-                            if noisy and pixels else None)
         # The loss per measured entry below which the detector may act (the noise gate).
         self.fit_target = (None if config.noise_gate is None or noise_sigma is None
                            else config.noise_gate * noise_sigma**2)
+        # Noise-free measurements may never reach their gate: their runs are expected to use the cap.
+        noisy = noise_sigma is not None and noise_sigma > NOISE_FREE_SIGMA and self.fit_target is not None
+        self.forecast = (EndForecast(pixels=pixels, patience=config.patience, gate_target=self.fit_target)
+                         if noisy and pixels else None)
         self.gate_open = self.fit_target is None
         self.gate_opened_at: int | None = None
+        # Whether a minimum has beaten the margin since the gate opened (a device bool; None: no gate).
+        self._found_since_gate: Tensor | None = None
         # The loss below which the fit reproduces the noise: the run ends there (the noise floor).
         self.floor_target = (None if config.noise_floor is None or noise_sigma is None
                              else config.noise_floor * noise_sigma**2)
@@ -137,6 +135,8 @@ class EarlyStopping:
         self._best_var = torch.where(better, var, self._best_var)
         self._best_iter = torch.where(better, self._iteration, self._best_iter)
         self.candidate = torch.where(better, candidate.detach(), self.candidate)
+        if self._found_since_gate is not None:
+            self._found_since_gate.logical_or_(better)
 
     @property
     def detected_iteration(self) -> int | None:
@@ -154,24 +154,43 @@ class EarlyStopping:
         run is over."""
         if not self.gate_open and self.fit_target is not None and fit_mse <= self.fit_target:
             self.gate_open, self.gate_opened_at = True, iteration
+            self._found_since_gate = torch.zeros((), dtype=torch.bool, device=candidate.device)
             if self.last_variance is not None and self._best_var is not None:
                 self._best_var = self.last_variance.clone()
                 self._best_iter = torch.full((), iteration, dtype=torch.long, device=self._best_var.device)
                 self.candidate = candidate.detach().clone()
         if self.floor_reached_at is None and self.floor_target is not None and fit_mse <= self.floor_target:
             self.floor_reached_at = iteration
+        if self.forecast is not None and not self.gate_open:
+            self.forecast.observe(iteration, fit_mse)
+
+    @property
+    def returns_candidate(self) -> bool:
+        """Whether the run returns ``candidate`` rather than its last output (reads the device once).
+
+        A minimum seen before the fit reached the measurement's noise says nothing about
+        overfitting: a run whose gate never opened returns its last output. Where the gate opened
+        is only where the search started again: if no minimum beat it by the margin, the
+        averaged output was still settling (rising, on a 256 px photo) and the run returns its
+        last output too, unless it ended at the noise floor, past which that output reproduces
+        the noise."""
+        if not self.gate_open or self.candidate is None:
+            return False
+        if self._found_since_gate is None or self.floor_reached_at is not None:
+            return True
+        return bool(self._found_since_gate)
 
     def expected_end(self, cap: int, iteration: int = 0) -> int:
         """Where the run ends if no new minimum comes: patience after the last one, once the
-        gate is open. Before that, a noisy run's typical end (see ``TYPICAL_END``), but never
+        gate is open. Before that, a noisy run's forecast end (:mod:`dip_engine.forecast`), never
         sooner than patience after ``iteration``, the soonest the gate could let it end; the cap
         for a noise-free run."""
         detected = self.detected_iteration
         if self.gate_open and detected is not None:
             return min(cap, detected + self.config.patience)
-        if self.typical_end is None:
+        if self.forecast is None:
             return cap
-        return min(cap, max(self.typical_end, iteration + self.config.patience))
+        return self.forecast.end(cap, iteration)
 
     def should_stop(self, iteration: int) -> bool:
         if self.floor_reached_at is not None:
@@ -189,6 +208,8 @@ class EarlyStopping:
             "gate_open": self.gate_open,
             "gate_opened_at": self.gate_opened_at,
             "floor_reached_at": self.floor_reached_at,
+            "found_since_gate": self._found_since_gate,
+            "forecast": None if self.forecast is None else self.forecast.state_dict(),
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -198,3 +219,10 @@ class EarlyStopping:
         self.gate_open = state.get("gate_open", self.fit_target is None)
         self.gate_opened_at = state.get("gate_opened_at")
         self.floor_reached_at = state.get("floor_reached_at")
+        found = state.get("found_since_gate")
+        if found is None and self.gate_open and self.fit_target is not None:
+            # A checkpoint from before this was kept: its open gate counts as having found its minimum.
+            found = torch.ones((), dtype=torch.bool, device=None if self._best_iter is None else self._best_iter.device)
+        self._found_since_gate = found
+        if self.forecast is not None and state.get("forecast") is not None:
+            self.forecast.load_state_dict(state["forecast"])

@@ -366,9 +366,7 @@ def fit(
         with torch.no_grad():
             last = forward(z)[..., :h, :w]
     detected = early.detected_iteration if early is not None else None
-    # A variance minimum seen before the fit reached the measurement's noise says nothing about
-    # overfitting: a run whose noise gate never opened returns its last output.
-    use_candidate = early is not None and early.candidate is not None and early.gate_open
+    use_candidate = early is not None and early.returns_candidate
     output = early.candidate if use_candidate else last
     state.elapsed_s = elapsed()
     state.early_stop_iteration = detected
