@@ -10,10 +10,10 @@ is forecast from two things, blended:
   variance minimum, then the patience).
 
 The run's own forecast weighs ``1 - typical end / cap``. Where runs of this size typically reach the
-cap (from about 512 px on at sigma = 25), the extrapolation is left out: a large image's loss flattens
-as it nears the noise, and the power law would promise the gate far too soon. Both constants were
-fitted on replayed sigma = 25 denoising runs at 96-512 px, and checked on held-out images and on
-sigma = 15 (docs/benchmarks.md, "The ETA forecasts the gate from the loss").
+cap (from about 380 px a side on, with denoising's cap), the extrapolation is left out: a large image's
+loss flattens as it nears the noise, and the power law would promise the gate far too soon. Both
+constants were chosen on replayed sigma = 25 denoising runs of tuning images at 96-512 px, and checked
+on held-out images and on sigma = 15 (docs/benchmarks.md, "The ETA forecasts the gate from the loss").
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ from __future__ import annotations
 import math
 from typing import Any
 
-# The typical end: a * pixels**b + patience (about 1000 iterations at 96 px, 2600 at 256 px).
+# The typical end: a * pixels**b + patience (about 1020 iterations at 96 px, 2630 at 256 px).
 TYPICAL_END = (3.0, 0.6)
 # From where the loss is forecast to reach the gate to the run's end.
 AFTER_GATE = 600
@@ -55,6 +55,8 @@ class EndForecast:
         mean_x = sum(x for x, _ in points) / len(points)
         mean_y = sum(y for _, y in points) / len(points)
         spread = sum((x - mean_x) ** 2 for x, _ in points)
+        if spread == 0:
+            return None
         slope = sum((x - mean_x) * (y - mean_y) for x, y in points) / spread
         if slope >= 0:
             return math.inf
