@@ -160,6 +160,7 @@ def run_one(task: str, path: Path, args: argparse.Namespace, work: Path) -> dict
     started = time.monotonic()
     result = restore(spec, inputs, work / "out", callbacks=[eta], overrides=overrides or None)
     seconds = time.monotonic() - started
+    eta_error, eta_error_iterations = eta.errors()
     s = result.metrics["summary"]
     trace = {"history": result.metrics["history"]} if args.trace else {}
     if args.trace and task == "inpaint":
@@ -168,8 +169,8 @@ def run_one(task: str, path: Path, args: argparse.Namespace, work: Path) -> dict
         "task": task, "image": path.stem, "size": args.size, "baseline": baseline, "baseline_psnr": baseline_psnr,
         "dip": s["psnr_output"], "vs_baseline": s["psnr_output"] - baseline_psnr, "oracle": s["psnr_best"],
         "oracle_it": s["best_iteration"], "gap": s["detection_gap_db"], "stop_it": s["iterations"],
-        "cap": s["iteration_cap"], "reason": s["stop_reason"], "seconds": round(seconds, 1), "eta_error": eta.errors()[0],
-        "eta_error_iterations": eta.errors()[1],
+        "cap": s["iteration_cap"], "reason": s["stop_reason"], "seconds": round(seconds, 1), "eta_error": eta_error,
+        "eta_error_iterations": eta_error_iterations,
         "noise_sigma_estimate": s.get("noise_sigma_estimate"),
         "kept_measured": result.metrics["setup"].get("kept_measured"),
     } | trace

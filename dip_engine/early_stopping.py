@@ -100,8 +100,9 @@ class EarlyStopping:
                          if noisy and pixels else None)
         self.gate_open = self.fit_target is None
         self.gate_opened_at: int | None = None
-        # Whether a minimum has beaten the margin since the gate opened (a device bool; None: no gate).
-        self._found_since_gate: Tensor | None = None
+        # Where the search started again once the gate opened (None: no gate, or not open yet). A
+        # minimum found since then has moved ``detected_iteration`` past it.
+        self._search_start: int | None = None
         # The loss below which the fit reproduces the noise: the run ends there (the noise floor).
         self.floor_target = (None if config.noise_floor is None or noise_sigma is None
                              else config.noise_floor * noise_sigma**2)
@@ -127,6 +128,8 @@ class EarlyStopping:
             self._best_var = var.clone()
             self._best_iter = torch.full((), iteration, dtype=torch.long, device=var.device)
             self.candidate = candidate.detach().clone()
+            if self.gate_open and self.fit_target is not None:  # the gate opened before the window filled
+                self._search_start = iteration
             return
         if self._iteration is None or self._iteration.device != var.device:
             self._iteration = torch.zeros((), dtype=torch.long, device=var.device)
@@ -135,8 +138,6 @@ class EarlyStopping:
         self._best_var = torch.where(better, var, self._best_var)
         self._best_iter = torch.where(better, self._iteration, self._best_iter)
         self.candidate = torch.where(better, candidate.detach(), self.candidate)
-        if self._found_since_gate is not None:
-            self._found_since_gate.logical_or_(better)
 
     @property
     def detected_iteration(self) -> int | None:
@@ -154,11 +155,11 @@ class EarlyStopping:
         run is over."""
         if not self.gate_open and self.fit_target is not None and fit_mse <= self.fit_target:
             self.gate_open, self.gate_opened_at = True, iteration
-            self._found_since_gate = torch.zeros((), dtype=torch.bool, device=candidate.device)
             if self.last_variance is not None and self._best_var is not None:
                 self._best_var = self.last_variance.clone()
                 self._best_iter = torch.full((), iteration, dtype=torch.long, device=self._best_var.device)
                 self.candidate = candidate.detach().clone()
+                self._search_start = iteration
         if self.floor_reached_at is None and self.floor_target is not None and fit_mse <= self.floor_target:
             self.floor_reached_at = iteration
         if self.forecast is not None and not self.gate_open:
@@ -176,9 +177,9 @@ class EarlyStopping:
         the noise."""
         if not self.gate_open or self.candidate is None:
             return False
-        if self._found_since_gate is None or self.floor_reached_at is not None:
+        if self._search_start is None or self.floor_reached_at is not None:
             return True
-        return bool(self._found_since_gate)
+        return self.detected_iteration != self._search_start
 
     def expected_end(self, cap: int, iteration: int = 0) -> int:
         """Where the run ends if no new minimum comes: patience after the last one, once the
@@ -208,7 +209,7 @@ class EarlyStopping:
             "gate_open": self.gate_open,
             "gate_opened_at": self.gate_opened_at,
             "floor_reached_at": self.floor_reached_at,
-            "found_since_gate": self._found_since_gate,
+            "search_start": self._search_start,
             "forecast": None if self.forecast is None else self.forecast.state_dict(),
         }
 
@@ -219,10 +220,7 @@ class EarlyStopping:
         self.gate_open = state.get("gate_open", self.fit_target is None)
         self.gate_opened_at = state.get("gate_opened_at")
         self.floor_reached_at = state.get("floor_reached_at")
-        found = state.get("found_since_gate")
-        if found is None and self.gate_open and self.fit_target is not None:
-            # A checkpoint from before this was kept: its open gate counts as having found its minimum.
-            found = torch.ones((), dtype=torch.bool, device=None if self._best_iter is None else self._best_iter.device)
-        self._found_since_gate = found
+        # A checkpoint from before this was kept has none: its open gate counts as having found its minimum.
+        self._search_start = state.get("search_start")
         if self.forecast is not None and state.get("forecast") is not None:
             self.forecast.load_state_dict(state["forecast"])

@@ -68,9 +68,11 @@ class EndForecast:
         soonest, and the run then still waits its patience."""
         soonest = iteration + self.patience
         typical = min(cap, max(self.typical_end, soonest))
-        gate = self.gate_at(iteration)
         own_weight = min(1.0, max(0.0, 1.0 - self.typical_end / cap))
-        if gate is None or own_weight == 0.0 or self.after_gate is None:
+        if own_weight == 0.0 or self.after_gate is None:
+            return typical
+        gate = self.gate_at(iteration)
+        if gate is None:
             return typical
         own = min(float(cap), max(float(soonest), gate + self.after_gate))
         return min(cap, max(soonest, round((1.0 - own_weight) * typical + own_weight * own)))

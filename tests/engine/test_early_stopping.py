@@ -331,7 +331,7 @@ def test_whether_a_minimum_followed_the_gate_survives_a_checkpoint() -> None:
         assert restored.returns_candidate == detector.returns_candidate
     # A checkpoint written before this was kept: an open gate counts as having found its minimum.
     older = {k: v for k, v in _gated([5.0, 1.0, 0.95], [0.05, 0.009, 0.009]).state_dict().items()
-             if k != "found_since_gate"}
+             if k != "search_start"}
     restored = EarlyStopping(EarlyStopConfig(window=2, patience=3, min_delta=0.2, noise_gate=1.0), noise_sigma=0.1)
     restored.load_state_dict(older)
     assert restored.returns_candidate
