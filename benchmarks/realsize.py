@@ -173,6 +173,7 @@ def run_one(task: str, path: Path, args: argparse.Namespace, work: Path) -> dict
         "eta_error_iterations": eta_error_iterations,
         "noise_sigma_estimate": s.get("noise_sigma_estimate"),
         "kept_measured": result.metrics["setup"].get("kept_measured"),
+        "blend_alpha": result.metrics["setup"].get("blend", {}).get("alpha"),
     } | trace
 
 
@@ -233,7 +234,7 @@ def main(argv: list[str] | None = None) -> int:
                     rows.append(row)
                     print(json.dumps(row), file=sys.stderr, flush=True)
     cols = ["image", "baseline", "baseline_psnr", "dip", "vs_baseline", "oracle", "gap", "stop_it", "cap", "seconds",
-            "eta_error"]
+            "eta_error", "blend_alpha"]
     fmt = lambda v: f"{v:.2f}" if isinstance(v, float) else ("-" if v is None else str(v))
     settings = " ".join(args.set) or "defaults"
     for task in args.tasks:

@@ -237,8 +237,22 @@ class FitConfig:
 
 @dataclass(frozen=True)
 class RunConfig:
-    """Everything a run needs beyond its inputs."""
+    """Everything a run needs beyond its inputs.
+
+    Attributes:
+        net: the network.
+        fit: the loop.
+        downsample_kernel: super-resolution's model of the low-resolution image.
+        holdout: fraction of the known pixels left out of the fit, where the task has a classical
+            fill and the known pixels are exact: on them the net's fill is weighed against the
+            classical one (``dip_engine.blend``), and the answer keeps them as measured. ``0``: off.
+    """
 
     net: NetConfig
     fit: FitConfig
     downsample_kernel: str = "lanczos2"
+    holdout: float = 0.0
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.holdout < 0.5:
+            raise ValueError(f"RunConfig.holdout must be in [0, 0.5), got {self.holdout!r}")

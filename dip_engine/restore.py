@@ -12,7 +12,7 @@ import math
 import os
 import platform
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
@@ -26,6 +26,7 @@ from .callbacks import Callback
 from .config import NetConfig, RunConfig
 from .errors import InputError
 from .batched import BatchJob, fit_batch
+from .blend import hold_out, weigh
 from .fit import CheckpointConfig, FitResult, fit
 from .hardware import resolve_precision
 from .io import pad_to_multiple, save_image
@@ -35,7 +36,7 @@ from .noise import NOISE_FREE_SIGMA, estimate_noise_sigma
 from .plots import plot_curves
 from .presets import apply_overrides
 from .problems import Measurement, OperatorData, build_measurement, get_problem, resolve
-from .seeding import stream_seed, torch_generator
+from .seeding import numpy_rng, stream_seed, torch_generator
 from .spec import RestoreSpec
 from .validation import validate_spec
 
@@ -159,6 +160,7 @@ class _Prepared:
     out_dir: Path
     job: BatchJob
     setup: dict[str, Any]
+    held: np.ndarray | None = None
 
     def batch_key(self) -> tuple[Any, ...] | None:
         """Runs with equal keys can share one batched model; ``None``: this one runs alone."""
@@ -300,14 +302,40 @@ def _prepare(request: RestoreRequest, limits: RestoreLimits) -> _Prepared:
         marker.write_text(fingerprint)
 
     reference = _to_tensor(measurement.reference, device) if measurement.reference is not None else None
-    job, setup = _build(spec, run, measurement, reference, device, out_dir, request.callbacks, checkpoint)
-    return _Prepared(spec, run, measurement, reference, device, out_dir, job, setup)
+    noise = _noise_level(spec, measurement)
+    held = _held_out(spec, run, measurement, noise_free=noise[0] <= NOISE_FREE_SIGMA)
+    fitted_on = measurement if held is None else measurement.without(held)
+    job, setup = _build(spec, run, fitted_on, reference, device, out_dir, request.callbacks, checkpoint, noise)
+    return _Prepared(spec, run, measurement, reference, device, out_dir, job, setup, held)
+
+
+def _noise_level(spec: RestoreSpec, measurement: Measurement) -> tuple[float, str]:
+    """The user's noise level when given, else the task's assumption, else the wavelet estimate
+    (0-1 scale), and which it is: what the early-stopping gate waits for."""
+    assumed = get_problem(spec.task).assumed_noise_sigma
+    if spec.noise_sigma is not None:
+        return spec.noise_sigma / 255.0, "given"
+    if assumed is not None:
+        return assumed, "assumed"
+    return estimate_noise_sigma(measurement.y, known=measurement.mask), "estimated"
+
+
+def _held_out(spec: RestoreSpec, run: RunConfig, measurement: Measurement, *, noise_free: bool) -> np.ndarray | None:
+    """The known pixels kept from the net to weigh its fill against the task's classical one: only
+    where the known pixels are exact (noisy ones would not be kept in the answer) and the task has
+    a classical fill."""
+    problem = get_problem(spec.task)
+    if not (run.holdout and problem.classical_fill and problem.exact_where_measured and noise_free
+            and measurement.mask is not None):
+        return None
+    held = hold_out(measurement.mask, run.holdout, numpy_rng(spec.seed, "holdout"))
+    return held if held.any() else None
 
 
 def _finish(prepared: _Prepared, fitted: FitResult, wall_s: float) -> RestoreResult:
     """Write the outputs of a fitted run, and drop its checkpoint unless it was canceled."""
     prepared.setup["wall_s"] = wall_s
-    fitted = _keep_measured(prepared, fitted)
+    fitted = _answer(prepared, fitted)
     result = _write_outputs(prepared.spec, prepared.run, prepared.measurement, prepared.reference, fitted,
                             prepared.setup, prepared.out_dir, prepared.device)
     checkpoint = prepared.job.checkpoint
@@ -317,9 +345,10 @@ def _finish(prepared: _Prepared, fitted: FitResult, wall_s: float) -> RestoreRes
     return result
 
 
-def _keep_measured(prepared: _Prepared, fitted: FitResult) -> FitResult:
+def _answer(prepared: _Prepared, fitted: FitResult) -> FitResult:
     """Where the measurement is exact (inpainting's known pixels, no noise), the outputs take
-    the measured values: the net only approximates them, and they are the truth."""
+    the measured values: the net only approximates them, and they are the truth. A run that held
+    pixels out fills the missing ones with its blend of the net and the classical fill."""
     measurement = prepared.measurement
     noise_free = prepared.setup["noise_sigma_estimate"] <= NOISE_FREE_SIGMA
     keep = get_problem(prepared.spec.task).exact_where_measured and measurement.mask is not None and noise_free
@@ -328,11 +357,37 @@ def _keep_measured(prepared: _Prepared, fitted: FitResult) -> FitResult:
         return fitted
     known = torch.from_numpy(np.ascontiguousarray(measurement.mask))[None, None].to(prepared.device)
     y = _to_tensor(measurement.y, prepared.device)
-    best = torch.where(known, y, fitted.best)
+    fill = _blend(prepared) if prepared.held is not None else None
+
+    def answer(output: Tensor) -> Tensor:
+        if fill is not None:
+            output = _to_tensor(fill(_to_array(output)), prepared.device).to(output.dtype)
+        return torch.where(known, y, output)
+
+    output = answer(fitted.output)  # first: its blend is the one setup reports
+    best = answer(fitted.best)
     # The best iterate is scored as it is written, so the detection gap compares like with like.
     best_psnr = fitted.best_psnr if prepared.reference is None else _psnr(best, prepared.reference)
-    return replace(fitted, output=torch.where(known, y, fitted.output), best=best,
-                   last=torch.where(known, y, fitted.last), best_psnr=best_psnr)
+    return replace(fitted, output=output, best=best, last=answer(fitted.last), best_psnr=best_psnr)
+
+
+def _blend(prepared: _Prepared) -> Callable[[np.ndarray], np.ndarray]:
+    """The net's output -> its blend with the classical fill, the weight chosen on the held-out
+    pixels for each output (``dip_engine.blend``); the output's choice goes into ``setup``."""
+    measurement, held = prepared.measurement, prepared.held
+    assert measurement.mask is not None and held is not None
+    classical = get_problem(prepared.spec.task).classical_fill
+    assert classical is not None
+    without = measurement.without(held)
+    fill_held = classical(without.y, without.mask)
+    fill_all = classical(measurement.y, measurement.mask)
+
+    def fill(output: np.ndarray) -> np.ndarray:
+        blend = weigh(output, fill_held, measurement.y, held)
+        prepared.setup.setdefault("blend", {"holdout": prepared.run.holdout} | asdict(blend))
+        return blend.apply(output, fill_all).astype(np.float32)
+
+    return fill
 
 
 def _build(
@@ -344,6 +399,7 @@ def _build(
     out_dir: Path,
     callbacks: Sequence[Callback],
     checkpoint: CheckpointConfig | None,
+    noise: tuple[float, str],
 ) -> tuple[BatchJob, dict[str, Any]]:
     height, width = measurement.output_size
     factor = height // measurement.y.shape[0]
@@ -371,15 +427,7 @@ def _build(
     def snapshot(iteration: int, output: Tensor) -> Path:
         return save_image(out_dir / "snapshots" / f"iter_{iteration:05d}.png", _to_array(output), alpha=measurement.alpha)
 
-    # The user's noise level when given, else the task's assumption, else the wavelet estimate:
-    # what the early-stopping gate waits for.
-    assumed = get_problem(spec.task).assumed_noise_sigma
-    if spec.noise_sigma is not None:
-        noise_sigma, source = spec.noise_sigma / 255.0, "given"
-    elif assumed is not None:
-        noise_sigma, source = assumed, "assumed"
-    else:
-        noise_sigma, source = estimate_noise_sigma(measurement.y, known=measurement.mask), "estimated"
+    noise_sigma, source = noise
     job = BatchJob(net=net, z=z, y=_to_tensor(y, device), physics=physics, reference=reference,
                    crop=(height, width), callbacks=callbacks, checkpoint=checkpoint, snapshot=snapshot,
                    generator=jitter, noise_sigma=noise_sigma)

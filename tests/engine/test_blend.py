@@ -1,0 +1,129 @@
+"""Tests of dip_engine.blend and of how a run holds known pixels out to weigh the net against biharmonic."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+from skimage.restoration import inpaint_biharmonic
+
+from dip_engine.blend import blend_weight, hold_out, weigh
+from dip_engine.errors import InputError
+from dip_engine.problems import INPAINT_HOLDOUT
+from dip_engine.restore import RestoreInputs, RestoreRequest, _prepare, restore
+from dip_engine.restore import RestoreLimits
+from dip_engine.spec import RestoreSpec
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+def test_the_weight_is_the_least_squares_one() -> None:
+    rng = np.random.default_rng(0)
+    net, fill = rng.random(500), rng.random(500)
+    assert blend_weight(net, fill, 0.3 * net + 0.7 * fill) == pytest.approx(0.3)
+    assert blend_weight(net, fill, net) == pytest.approx(1.0)
+    assert blend_weight(net, fill, fill) == pytest.approx(0.0)
+    # Outside [0, 1] the weight would extrapolate past one of the two fills: it is clipped.
+    assert blend_weight(net, fill, 1.5 * net - 0.5 * fill) == 1.0
+    assert blend_weight(net, fill, 1.5 * fill - 0.5 * net) == 0.0
+    assert blend_weight(net, net, rng.random(500)) == 1.0
+
+
+def test_weigh_scores_each_fill_on_the_held_pixels_only() -> None:
+    rng = np.random.default_rng(1)
+    truth = rng.random((16, 16, 1))
+    held = np.zeros((16, 16), bool)
+    held[::4, ::4] = True
+    net = truth + 0.1 * (~held)[..., None]  # exact on the held pixels, wrong elsewhere
+    fill = truth + 0.05
+    blend = weigh(net, fill, truth, held)
+    assert blend.held_pixels == 16 and blend.alpha == 1.0 and blend.psnr_net is None
+    assert blend.psnr_fill == pytest.approx(-10 * np.log10(0.05**2))
+
+
+def test_hold_out_draws_about_the_fraction_from_the_known_pixels() -> None:
+    known = np.random.default_rng(2).random((200, 200)) < 0.5
+    held = hold_out(known, 0.03, np.random.default_rng(3))
+    assert not (held & ~known).any()
+    assert held.sum() / known.sum() == pytest.approx(0.03, rel=0.15)
+
+
+def _scene(tmp_path: Path, side: int = 64) -> tuple[Path, Path, np.ndarray, np.ndarray]:
+    """A smooth image (biharmonic interpolates it almost exactly) and a scattered mask."""
+    ys, xs = np.mgrid[0:side, 0:side] / (side - 1)
+    image = np.rint(255 * np.stack([0.2 + 0.6 * xs, 0.3 + 0.4 * ys, 0.5 + 0.3 * np.sin(4 * xs + 3 * ys)], -1))
+    image = image.astype(np.uint8)
+    source = tmp_path / "in.png"
+    Image.fromarray(image).save(source)
+    known = np.random.default_rng(1).random((side, side)) < 0.5
+    mask = tmp_path / "mask.png"
+    Image.fromarray(np.where(known, 255, 0).astype(np.uint8)).save(mask)
+    return source, mask, image, known
+
+
+def _spec(**changes: object) -> RestoreSpec:
+    return RestoreSpec(**({"task": "inpaint", "iterations": 6, "log_every": 2, "device": "cpu"} | changes))
+
+
+def _psnr(a: np.ndarray, b: np.ndarray) -> float:
+    return float(10 * np.log10(255.0**2 / np.mean((a.astype(np.float64) - b) ** 2)))
+
+
+def test_the_net_never_sees_the_held_out_pixels(tmp_path: Path) -> None:
+    source, mask, _, known = _scene(tmp_path)
+    prepared = _prepare(RestoreRequest(_spec(), RestoreInputs(source, mask=mask), tmp_path / "out"), RestoreLimits())
+    assert prepared.run.holdout == INPAINT_HOLDOUT and prepared.held is not None
+    held = prepared.held
+    assert held.any() and not (held & ~known).any()
+    fitted_mask = prepared.job.physics.mask[0, 0, :64, :64].numpy().astype(bool)
+    assert np.array_equal(fitted_mask, known & ~held)
+    assert not prepared.job.y[0, :, :64, :64].numpy()[:, held].any()
+    # The answer's own measurement still has them.
+    assert np.array_equal(prepared.measurement.mask, known)
+
+
+def test_the_answer_keeps_every_known_pixel_and_leans_on_the_better_fill(tmp_path: Path) -> None:
+    source, mask, image, known = _scene(tmp_path)
+    blended = restore(_spec(), RestoreInputs(source, mask=mask), tmp_path / "blend")
+    alone = restore(_spec(), RestoreInputs(source, mask=mask), tmp_path / "alone", overrides={"holdout": "0"})
+    blend = blended.metrics["setup"]["blend"]
+    assert "blend" not in alone.metrics["setup"]
+    # Six iterations leave the net far from this smooth image, which biharmonic fills almost exactly.
+    assert blend["alpha"] < 0.2 and blend["psnr_fill"] > blend["psnr_net"] + 10
+    assert blend["holdout"] == INPAINT_HOLDOUT and blend["held_pixels"] > 0
+    truth = image.astype(np.float64)
+    biharmonic = 255 * inpaint_biharmonic(truth * known[..., None] / 255, ~known, channel_axis=-1)
+    for name in ("result", "best", "last"):
+        written = np.asarray(Image.open(blended.files[name]).convert("RGB"))
+        assert np.array_equal(written[known], image[known])
+    written = np.asarray(Image.open(blended.files["result"]).convert("RGB"))
+    net_only = np.asarray(Image.open(alone.files["result"]).convert("RGB"))
+    assert _psnr(written, truth) > _psnr(net_only, truth) + 5
+    assert _psnr(written, truth) > _psnr(np.clip(biharmonic, 0, 255), truth) - 1
+
+
+@pytest.mark.parametrize("changes", [{"noise_sigma": 25.0}, {"preset": "quality"}], ids=["noisy", "quality"])
+def test_no_pixels_are_held_out_where_the_answer_is_not_blended(tmp_path: Path, changes: dict) -> None:
+    source, mask, _, _ = _scene(tmp_path)
+    result = restore(_spec(**changes), RestoreInputs(source, mask=mask), tmp_path / "out")
+    assert "blend" not in result.metrics["setup"]
+
+
+def test_holes_are_not_blended(tmp_path: Path) -> None:
+    source, _, _, _ = _scene(tmp_path)
+    known = np.ones((64, 64), bool)
+    known[20:40, 20:40] = False
+    mask = tmp_path / "holes.png"
+    Image.fromarray(np.where(known, 255, 0).astype(np.uint8)).save(mask)
+    result = restore(_spec(), RestoreInputs(source, mask=mask), tmp_path / "out")
+    assert result.metrics["config"]["holdout"] == 0.0 and "blend" not in result.metrics["setup"]
+
+
+def test_a_holdout_out_of_range_is_a_bad_parameter(tmp_path: Path) -> None:
+    source, mask, _, _ = _scene(tmp_path)
+    with pytest.raises(InputError) as caught:
+        restore(_spec(), RestoreInputs(source, mask=mask), tmp_path / "out", overrides={"holdout": "0.6"})
+    assert caught.value.code == "invalid_parameter" and "holdout" in caught.value.message
+    assert not (tmp_path / "out").exists()
