@@ -1,13 +1,15 @@
-"""Inpainting: DIP and biharmonic blended by known pixels held out of the fit (an experiment, not a default).
+"""Inpainting: DIP and biharmonic blended by known pixels held out of the fit, from outside the engine.
 
-For each image, as ``realsize.py --tasks inpaint`` prepares it (the same crop, the same
-50% mask): a fraction ``--holdout`` of the known pixels (its own random stream) is left
-out of the uploaded mask, so the net never fits them; the run is the default otherwise.
-On those pixels the DIP output and a biharmonic fill made without them are compared
-with their true values, which gives the least-squares weight ``alpha`` of
-``alpha * DIP + (1 - alpha) * biharmonic``. The answer keeps every known pixel
-(the held-out ones too) and fills the missing ones with that blend, the biharmonic part
-made from all the known pixels. No clean image is used to choose anything.
+The experiment that led to ``RunConfig.holdout``, which now does this inside the engine
+with its own random stream (``realsize.py`` measures that). For each image, as
+``realsize.py --tasks inpaint`` prepares it (the same crop, the same 50% mask): a
+fraction ``--holdout`` of the known pixels (its own random stream) is left out of the
+uploaded mask, so the net never fits them; the run is the default otherwise, with the
+engine's own holdout off. On those pixels the DIP output and a biharmonic fill made
+without them are compared with their true values, which gives the least-squares weight
+``alpha`` of ``alpha * DIP + (1 - alpha) * biharmonic``. The answer keeps every known
+pixel (the held-out ones too) and fills the missing ones with that blend, the biharmonic
+part made from all the known pixels. No clean image is used to choose anything.
 
 Each row also saves the arrays (``--keep DIR``) so other blend rules can be scored
 without running the net again.
@@ -55,7 +57,8 @@ def run_one(path: Path, args: argparse.Namespace, work: Path) -> dict | None:
                                                            work / "mask.png")
     spec = RestoreSpec(task="inpaint", seed=args.seed, device=args.device)
     started = time.monotonic()
-    overrides = dict(item.split("=", 1) for item in args.set) or None
+    # The engine's own holdout is off: the pixels are held out here, through the uploaded mask.
+    overrides = {"holdout": "0"} | dict(item.split("=", 1) for item in args.set)
     result = restore(spec, RestoreInputs(image, mask=mask, reference=_save(clean, work / "clean.png")), work / "out",
                      overrides=overrides)
     seconds = time.monotonic() - started

@@ -5,9 +5,9 @@ net: they are then a clean validation set, and the net's fill and a classical fi
 (biharmonic interpolation) can both be scored on them without a reference image. The
 answer fills the missing pixels with ``alpha * net + (1 - alpha) * classical``, ``alpha``
 the least-squares weight on the held-out pixels, and keeps every known pixel as
-measured. On fine periodic texture the classical fill wins (fingerprint: alpha 0.34)
-and on photos the net does (Lena: 0.66); the blend beats both where their errors
-differ (docs/benchmarks.md, "Inpainting: the net's fill weighed against biharmonic").
+measured. On fine periodic texture the classical fill weighs more (fingerprint at
+256 px: alpha 0.38), on photos the net (barbara: 1.00); the blend beats both where
+their errors differ (docs/benchmarks.md, "Inpainting: the net's fill weighed against biharmonic").
 """
 
 from __future__ import annotations
