@@ -30,15 +30,9 @@ import numpy as np
 
 from realsize import DEFAULT_DATA, _load, _save, centre_crop, image_sets, psnr
 
+from dip_engine.blend import blend_weight
 from dip_engine.restore import RestoreInputs, restore
 from dip_engine.spec import RestoreSpec
-
-
-def blend_weight(dip: np.ndarray, fill: np.ndarray, truth: np.ndarray) -> float:
-    """The least-squares ``alpha`` of ``alpha * dip + (1 - alpha) * fill`` against ``truth``, in [0, 1]."""
-    d, r = (dip - fill).ravel(), (truth - fill).ravel()
-    denominator = float(d @ d)
-    return 1.0 if denominator == 0 else float(np.clip((d @ r) / denominator, 0.0, 1.0))
 
 
 def run_one(path: Path, args: argparse.Namespace, work: Path) -> dict | None:

@@ -108,6 +108,13 @@ def denoise_rows(data: Path, seed: int, sigma: float) -> list[dict]:
     return rows
 
 
+def _table(columns: list[str], lines: list[list[str]]) -> None:
+    print("| " + " | ".join(columns) + " |")
+    print("|" + "---|" * len(columns))
+    for cells in lines:
+        print("| " + " | ".join(cells) + " |")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--tasks", nargs="+", default=["inpaint", "superres"], choices=sorted(TARGETS))
@@ -121,21 +128,17 @@ def main(argv: list[str] | None = None) -> int:
         print(f"\n### {task}: the published DIP against the target's baseline (target: {TARGETS[task]})\n")
         if task == "inpaint":
             rows = inpaint_rows(args.data, args.seed, args.drop)
-            print("| image | size | biharmonic | DIP, the paper | paper vs biharmonic |")
-            print("|---|---|---|---|---|")
-            for r in rows:
-                print(f"| {r['image']} | {r['size']} | {r['baseline']:.2f} | {r['paper_dip']:.2f} | "
-                      f"{r['dip_vs_baseline']:+.2f} |")
+            _table(["image", "size", "biharmonic", "DIP, the paper", "paper vs biharmonic"],
+                   [[r["image"], r["size"], f"{r['baseline']:.2f}", f"{r['paper_dip']:.2f}",
+                     f"{r['dip_vs_baseline']:+.2f}"] for r in rows])
             gaps = [r["dip_vs_baseline"] for r in rows]
             print(f"\nmean: biharmonic {np.mean([r['baseline'] for r in rows]):.2f}, the paper's DIP "
                   f"{np.mean([r['paper_dip'] for r in rows]):.2f} ({np.mean(gaps):+.2f} dB); more than 0.3 dB "
                   f"below on {sum(g < -0.3 for g in gaps)} of {len(rows)} (worst {min(gaps):+.2f})")
         elif task == "superres":
             rows = superres_rows(args.data)
-            print("| image | size | bicubic (Y, 4 px border) |")
-            print("|---|---|---|")
-            for r in rows:
-                print(f"| {r['image']} | {r['size']} | {r['baseline']:.2f} |")
+            _table(["image", "size", "bicubic (Y, 4 px border)"],
+                   [[r["image"], r["size"], f"{r['baseline']:.2f}"] for r in rows])
             mean = float(np.mean([r["baseline"] for r in rows]))
             print(f"\nmean bicubic {mean:.2f} (the paper's {PAPER_SR14['bicubic']:.2f}); the paper's DIP "
                   f"{PAPER_SR14['dip']:.2f}: {PAPER_SR14['dip'] - mean:+.2f} dB over this bicubic on the mean "
@@ -143,10 +146,8 @@ def main(argv: list[str] | None = None) -> int:
                   "mean, so on some image")
         else:
             rows = denoise_rows(args.data, args.seed, args.sigma)
-            print("| image | size | NL-means | seconds |")
-            print("|---|---|---|---|")
-            for r in rows:
-                print(f"| {r['image']} | {r['size']} | {r['baseline']:.2f} | {r['seconds']:.0f} |")
+            _table(["image", "size", "NL-means", "seconds"],
+                   [[r["image"], r["size"], f"{r['baseline']:.2f}", f"{r['seconds']:.0f}"] for r in rows])
             mean = float(np.mean([r["baseline"] for r in rows]))
             print(f"\nmean NL-means {mean:.2f} (the paper's {PAPER_DENOISE['nlm']:.2f}); the paper's DIP "
                   f"{PAPER_DENOISE['dip']:.2f} with averaging: {PAPER_DENOISE['dip'] - mean:+.2f} dB")

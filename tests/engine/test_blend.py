@@ -11,7 +11,7 @@ from skimage.restoration import inpaint_biharmonic
 
 from dip_engine.blend import blend_weight, hold_out, weigh
 from dip_engine.errors import InputError
-from dip_engine.problems import INPAINT_HOLDOUT
+from dip_engine.problems import INPAINT_HOLDOUT, INPAINT_HOLDOUT_FROM_SIDE, preset_config
 from dip_engine.restore import RestoreInputs, RestoreRequest, _prepare, restore
 from dip_engine.restore import RestoreLimits
 from dip_engine.spec import RestoreSpec
@@ -71,9 +71,26 @@ def _psnr(a: np.ndarray, b: np.ndarray) -> float:
     return float(10 * np.log10(255.0**2 / np.mean((a.astype(np.float64) - b) ** 2)))
 
 
+# The preset holds pixels out from 256 px a side; these small scenes ask for it.
+HOLD = {"holdout": str(INPAINT_HOLDOUT)}
+
+
+def test_the_fast_preset_holds_out_scattered_pixels_from_256_px() -> None:
+    side = INPAINT_HOLDOUT_FROM_SIDE
+    assert preset_config("fast", "inpaint", scattered=True, pixels=side * side).holdout == INPAINT_HOLDOUT
+    assert preset_config("fast", "inpaint", scattered=True, pixels=512 * 512).holdout == INPAINT_HOLDOUT
+    assert preset_config("fast", "inpaint", scattered=True, pixels=side * side - 1).holdout == 0.0
+    for config in (preset_config("fast", "inpaint", scattered=False, pixels=512 * 512),
+                   preset_config("quality", "inpaint", scattered=True, pixels=512 * 512),
+                   preset_config("paper", "inpaint", scattered=True, pixels=512 * 512),
+                   preset_config("fast", "superres", pixels=512 * 512)):
+        assert config.holdout == 0.0
+
+
 def test_the_net_never_sees_the_held_out_pixels(tmp_path: Path) -> None:
     source, mask, _, known = _scene(tmp_path)
-    prepared = _prepare(RestoreRequest(_spec(), RestoreInputs(source, mask=mask), tmp_path / "out"), RestoreLimits())
+    request = RestoreRequest(_spec(), RestoreInputs(source, mask=mask), tmp_path / "out", overrides=HOLD)
+    prepared = _prepare(request, RestoreLimits())
     assert prepared.run.holdout == INPAINT_HOLDOUT and prepared.held is not None
     held = prepared.held
     assert held.any() and not (held & ~known).any()
@@ -86,8 +103,8 @@ def test_the_net_never_sees_the_held_out_pixels(tmp_path: Path) -> None:
 
 def test_the_answer_keeps_every_known_pixel_and_leans_on_the_better_fill(tmp_path: Path) -> None:
     source, mask, image, known = _scene(tmp_path)
-    blended = restore(_spec(), RestoreInputs(source, mask=mask), tmp_path / "blend")
-    alone = restore(_spec(), RestoreInputs(source, mask=mask), tmp_path / "alone", overrides={"holdout": "0"})
+    blended = restore(_spec(), RestoreInputs(source, mask=mask), tmp_path / "blend", overrides=HOLD)
+    alone = restore(_spec(), RestoreInputs(source, mask=mask), tmp_path / "alone")
     blend = blended.metrics["setup"]["blend"]
     assert "blend" not in alone.metrics["setup"]
     # Six iterations leave the net far from this smooth image, which biharmonic fills almost exactly.
@@ -104,21 +121,23 @@ def test_the_answer_keeps_every_known_pixel_and_leans_on_the_better_fill(tmp_pat
     assert _psnr(written, truth) > _psnr(np.clip(biharmonic, 0, 255), truth) - 1
 
 
-@pytest.mark.parametrize("changes", [{"noise_sigma": 25.0}, {"preset": "quality"}], ids=["noisy", "quality"])
-def test_no_pixels_are_held_out_where_the_answer_is_not_blended(tmp_path: Path, changes: dict) -> None:
+def test_noisy_known_pixels_are_not_held_out(tmp_path: Path) -> None:
     source, mask, _, _ = _scene(tmp_path)
-    result = restore(_spec(**changes), RestoreInputs(source, mask=mask), tmp_path / "out")
-    assert "blend" not in result.metrics["setup"]
+    request = RestoreRequest(_spec(noise_sigma=25.0), RestoreInputs(source, mask=mask), tmp_path / "out",
+                             overrides=HOLD)
+    # Noisy known pixels are not kept in the answer, so they are no clean validation set either.
+    assert _prepare(request, RestoreLimits()).held is None
 
 
-def test_holes_are_not_blended(tmp_path: Path) -> None:
-    source, _, _, _ = _scene(tmp_path)
+def test_holes_and_small_images_are_not_blended_by_default(tmp_path: Path) -> None:
+    source, mask, _, _ = _scene(tmp_path)
     known = np.ones((64, 64), bool)
     known[20:40, 20:40] = False
-    mask = tmp_path / "holes.png"
-    Image.fromarray(np.where(known, 255, 0).astype(np.uint8)).save(mask)
-    result = restore(_spec(), RestoreInputs(source, mask=mask), tmp_path / "out")
-    assert result.metrics["config"]["holdout"] == 0.0 and "blend" not in result.metrics["setup"]
+    holes = tmp_path / "holes.png"
+    Image.fromarray(np.where(known, 255, 0).astype(np.uint8)).save(holes)
+    for name, upload in (("holes", holes), ("small", mask)):
+        result = restore(_spec(), RestoreInputs(source, mask=upload), tmp_path / name)
+        assert result.metrics["config"]["holdout"] == 0.0 and "blend" not in result.metrics["setup"]
 
 
 def test_a_holdout_out_of_range_is_a_bad_parameter(tmp_path: Path) -> None:
