@@ -303,7 +303,7 @@ def _prepare(request: RestoreRequest, limits: RestoreLimits) -> _Prepared:
 
     reference = _to_tensor(measurement.reference, device) if measurement.reference is not None else None
     noise = _noise_level(spec, measurement)
-    held = _held_out(spec, run, measurement, noise_free=noise[0] <= NOISE_FREE_SIGMA)
+    held = _held_out(spec, run, measurement, noise_sigma=noise[0])
     fitted_on = measurement if held is None else measurement.without(held)
     job, setup = _build(spec, run, fitted_on, reference, device, out_dir, request.callbacks, checkpoint, noise)
     return _Prepared(spec, run, measurement, reference, device, out_dir, job, setup, held)
@@ -320,14 +320,20 @@ def _noise_level(spec: RestoreSpec, measurement: Measurement) -> tuple[float, st
     return estimate_noise_sigma(measurement.y, known=measurement.mask), "estimated"
 
 
-def _held_out(spec: RestoreSpec, run: RunConfig, measurement: Measurement, *, noise_free: bool) -> np.ndarray | None:
+def _keeps_measured(spec: RestoreSpec, measurement: Measurement, noise_sigma: float) -> bool:
+    """Whether the outputs take the measured values: the task's measurement is the image itself on
+    the pixels it covers (inpainting's known pixels), and it is noise-free."""
+    return (get_problem(spec.task).exact_where_measured and measurement.mask is not None
+            and noise_sigma <= NOISE_FREE_SIGMA)
+
+
+def _held_out(spec: RestoreSpec, run: RunConfig, measurement: Measurement, *, noise_sigma: float) -> np.ndarray | None:
     """The known pixels kept from the net to weigh its fill against the task's classical one: only
-    where the known pixels are exact (noisy ones would not be kept in the answer) and the task has
-    a classical fill."""
-    problem = get_problem(spec.task)
-    if not (run.holdout and problem.classical_fill and problem.exact_where_measured and noise_free
-            and measurement.mask is not None):
+    where the answer keeps the known pixels (noisy ones would be no clean validation set) and the
+    task has a classical fill."""
+    if not (run.holdout and get_problem(spec.task).classical_fill and _keeps_measured(spec, measurement, noise_sigma)):
         return None
+    assert measurement.mask is not None
     held = hold_out(measurement.mask, run.holdout, numpy_rng(spec.seed, "holdout"))
     return held if held.any() else None
 
@@ -350,8 +356,7 @@ def _answer(prepared: _Prepared, fitted: FitResult) -> FitResult:
     the measured values: the net only approximates them, and they are the truth. A run that held
     pixels out fills the missing ones with its blend of the net and the classical fill."""
     measurement = prepared.measurement
-    noise_free = prepared.setup["noise_sigma_estimate"] <= NOISE_FREE_SIGMA
-    keep = get_problem(prepared.spec.task).exact_where_measured and measurement.mask is not None and noise_free
+    keep = _keeps_measured(prepared.spec, measurement, prepared.setup["noise_sigma_estimate"])
     prepared.setup["kept_measured"] = keep
     if not keep:
         return fitted
