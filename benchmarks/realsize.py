@@ -6,7 +6,9 @@ stopping, no reference used to stop: the clean image only scores the result).
 Columns: the classical baseline, DIP's output, the oracle-best iterate and the
 detection gap, where the run stopped against its cap, wall seconds, and how far
 off the ETA was when a quarter of the run's time had passed (|ETA shown /
-seconds really left - 1|, as the CLI's bar and ``progress.eta_seconds`` show it).
+seconds really left - 1|, as the CLI's bar and ``progress.eta_seconds`` show it), the weight
+a blended answer gave the net (``blend_alpha``: inpainting against biharmonic, denoising
+against NL-means) and the net's own output before that blend (``net``).
 The last ``--held-out`` images of each set are never used for tuning and are
 summarised on their own line.
 
@@ -165,6 +167,8 @@ def run_one(task: str, path: Path, args: argparse.Namespace, work: Path) -> dict
     trace = {"history": result.metrics["history"]} if args.trace else {}
     if args.trace and task == "inpaint":
         trace["kept_at"] = _kept_psnr_along_the_run(work, clean)
+    if args.trace and task == "denoise" and "blend" in result.metrics["setup"]:
+        trace["answer_at"] = _blended_psnr_along_the_run(work, clean, spec, result.metrics)
     return {
         "task": task, "image": path.stem, "size": args.size, "baseline": baseline, "baseline_psnr": baseline_psnr,
         "dip": s["psnr_output"], "vs_baseline": s["psnr_output"] - baseline_psnr, "oracle": s["psnr_best"],
@@ -174,7 +178,17 @@ def run_one(task: str, path: Path, args: argparse.Namespace, work: Path) -> dict
         "noise_sigma_estimate": s.get("noise_sigma_estimate"),
         "kept_measured": result.metrics["setup"].get("kept_measured"),
         "blend_alpha": result.metrics["setup"].get("blend", {}).get("alpha"),
+        "net": _net_psnr(result.metrics),
     } | trace
+
+
+def _net_psnr(metrics: dict) -> float | None:
+    """The net's own answer, before any blend: the logged PSNR of the output the answer came from."""
+    at = metrics["summary"]["output_iteration"]
+    logged = [r for r in metrics["history"] if r["iteration"] <= at]
+    if not logged:
+        return None
+    return logged[-1]["psnr_avg" if metrics["config"]["fit"]["output"] == "ema" else "psnr"]
 
 
 def _kept_psnr_along_the_run(work: Path, clean: np.ndarray, every: int = 250) -> dict[int, float]:
@@ -186,6 +200,31 @@ def _kept_psnr_along_the_run(work: Path, clean: np.ndarray, every: int = 250) ->
     snapshots = {int(snap.stem.split("_")[1]): snap for snap in (work / "out" / "snapshots").glob("iter_*.png")}
     return {iteration: psnr(np.where(known, masked, _load(snap)), truth)
             for iteration, snap in sorted(snapshots.items()) if iteration % every == 0}
+
+
+def _blended_psnr_along_the_run(work: Path, clean: np.ndarray, spec: RestoreSpec, metrics: dict,
+                                every: int = 250) -> dict[int, float]:
+    """A denoising answer blends the net with NL-means, weighed on the held-out pixels: the answer's
+    PSNR at every ``every`` iterations, as the engine would have blended each snapshot (8-bit, as
+    written) had the run ended there."""
+    from dip_engine.blend import hold_out, weigh
+    from dip_engine.problems import build_measurement, get_problem
+    from dip_engine.seeding import numpy_rng
+
+    truth = clean.astype(np.float32) / 255.0
+    y = build_measurement(spec, work / "clean.png").y
+    known = np.ones(y.shape[:2], dtype=bool)
+    held = hold_out(known, metrics["config"]["holdout"], numpy_rng(spec.seed, "holdout"))
+    answer, sigma = get_problem("denoise").classical_answer, metrics["summary"]["noise_sigma_estimate"]
+    assert answer is not None
+    without, everything = answer(y * ~held[..., None], ~held, sigma), answer(y, known, sigma)
+    snapshots = {int(snap.stem.split("_")[1]): snap for snap in (work / "out" / "snapshots").glob("iter_*.png")}
+    along = {}
+    for iteration, snap in sorted(snapshots.items()):
+        if iteration % every == 0:
+            net = _load(snap)
+            along[iteration] = psnr(np.clip(weigh(net, without, y, held).apply(net, everything), 0, 1), truth)
+    return along
 
 
 def _summary(rows: list[dict], label: str) -> str:
@@ -216,14 +255,17 @@ def main(argv: list[str] | None = None) -> int:
                         help="override a preset field, as `dip restore --set` (exploration, not the defaults)")
     parser.add_argument("--data", type=Path, default=DEFAULT_DATA)
     parser.add_argument("--json", type=Path, help="also write the rows as JSON")
+    parser.add_argument("--keep", type=Path, help="run in this folder and keep each run's files")
     parser.add_argument("--trace", action="store_true",
                         help="keep each run's logged history in the JSON rows (to replay stopping rules); for "
-                             "inpainting also the answer's PSNR every 250 iterations, from the snapshots")
+                             "inpainting and blended denoising also the answer's PSNR every 250 iterations, "
+                             "from the snapshots")
     args = parser.parse_args(argv)
 
     sets = image_sets(args.data)
     rows: list[dict] = []
-    with tempfile.TemporaryDirectory() as tmp:
+    with tempfile.TemporaryDirectory() as scratch:
+        tmp = args.keep or scratch
         for task in args.tasks:
             images = [p for p in sets[task] if centre_crop(p, args.size) is not None]
             held_out = {p.stem for p in images[len(images) - args.held_out:]} if args.held_out else set()
@@ -234,7 +276,7 @@ def main(argv: list[str] | None = None) -> int:
                     rows.append(row)
                     print(json.dumps(row), file=sys.stderr, flush=True)
     cols = ["image", "baseline", "baseline_psnr", "dip", "vs_baseline", "oracle", "gap", "stop_it", "cap", "seconds",
-            "eta_error", "blend_alpha"]
+            "eta_error", "blend_alpha", "net"]
     fmt = lambda v: f"{v:.2f}" if isinstance(v, float) else ("-" if v is None else str(v))
     settings = " ".join(args.set) or "defaults"
     for task in args.tasks:

@@ -1,13 +1,15 @@
-"""Weigh the net's fill against a classical one on known pixels held out of the fit (torch-free).
+"""Weigh the net's answer against a classical one on measured pixels held out of the fit (torch-free).
 
-Where half of an image's pixels are known exactly, a few of them can be kept from the
-net: they are then a clean validation set, and the net's fill and a classical fill
-(biharmonic interpolation) can both be scored on them without a reference image. The
-answer fills the missing pixels with ``alpha * net + (1 - alpha) * classical``, ``alpha``
-the least-squares weight on the held-out pixels, and keeps every known pixel as
-measured. On fine periodic texture the classical fill weighs more (fingerprint at
-256 px: alpha 0.38), on photos the net (barbara: 1.00); the blend beats both where
-their errors differ (docs/benchmarks.md, "Inpainting: the net's fill weighed against biharmonic").
+A few of the measured pixels are kept from the net. Where their values are independent of
+both answers there (exact, as inpainting's known pixels, or with noise of their own, as
+denoising's white noise), the least-squares weight of the two answers on them is an
+unbiased estimate of the weight on the clean image: the noise adds the same to every
+candidate's error. The answer is ``alpha * net + (1 - alpha) * classical``, the classical
+answer made from all the measured pixels. Inpainting weighs the net's fill against
+biharmonic interpolation (fingerprint at 256 px: alpha 0.38, barbara: 1.00), denoising the
+net's output against NL-means; the blend beats both where their errors differ
+(docs/benchmarks.md, "Inpainting: the net's fill weighed against biharmonic", and
+"Denoising: the net weighed against NL-means").
 """
 
 from __future__ import annotations
@@ -44,14 +46,14 @@ def _psnr(estimate: np.ndarray, truth: np.ndarray) -> float | None:
 
 @dataclass(frozen=True)
 class Blend:
-    """The weight chosen on the held-out pixels, and how each fill scored there (dB, no reference;
-    ``None``: exact).
+    """The weight chosen on the held-out pixels, and how each answer scored against their measured
+    values (dB, no reference; ``None``: exact; with noisy measurements, the noise counts in).
 
     Attributes:
         alpha: the net's weight.
         held_pixels: how many pixels were held out.
-        psnr_net: the net's fill on them.
-        psnr_fill: the classical fill made without them.
+        psnr_net: the net's answer on them.
+        psnr_fill: the classical answer made without them.
         psnr_blend: the blend with ``alpha``.
     """
 
@@ -70,8 +72,8 @@ def weigh(net: np.ndarray, fill: np.ndarray, truth: np.ndarray, held: np.ndarray
 
     Args:
         net: the net's output.
-        fill: the classical fill made without the held-out pixels.
-        truth: the measurement (exact on the held-out pixels).
+        fill: the classical answer made without the held-out pixels.
+        truth: the measurement (on the held-out pixels: exact, or with noise independent of both answers).
         held: (H, W) bool, the held-out pixels.
     """
     net_h, fill_h, truth_h = net[held].astype(np.float64), fill[held].astype(np.float64), truth[held].astype(np.float64)

@@ -243,9 +243,9 @@ class RunConfig:
         net: the network.
         fit: the loop.
         downsample_kernel: super-resolution's model of the low-resolution image.
-        holdout: fraction of the known pixels left out of the fit, where the task has a classical
-            fill and the known pixels are exact: on them the net's fill is weighed against the
-            classical one (``dip_engine.blend``), and the answer keeps them as measured. ``0``: off.
+        holdout: fraction of the measured pixels left out of the fit, where the task has a classical
+            answer (inpainting with exact known pixels, denoising): on them the net's answer is
+            weighed against the classical one (``dip_engine.blend``). ``0``: off.
     """
 
     net: NetConfig

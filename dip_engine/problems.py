@@ -67,11 +67,15 @@ class Measurement:
     def channels(self) -> int:
         return self.y.shape[-1]
 
+    @property
+    def known(self) -> np.ndarray:
+        """(H, W) bool: the measured pixels (all of them but inpainting's holes)."""
+        return self.mask if self.mask is not None else np.ones(self.y.shape[:2], dtype=bool)
+
     def without(self, held: np.ndarray) -> Measurement:
         """The same measurement with the ``held`` pixels (H, W bool) made unknown: what the net fits
         when they are kept for validation."""
-        assert self.mask is not None
-        known = self.mask & ~held
+        known = self.known & ~held
         return replace(self, y=(self.y * known[..., None]).astype(self.y.dtype), mask=known)
 
     @property
@@ -151,9 +155,10 @@ class Problem:
             (inpainting's known pixels): a noise-free run's outputs keep those pixels as measured.
         assumed_noise_sigma: the measurement's noise level (0-1 scale) when the request gives
             none; ``None``: estimate it from the measurement.
-        classical_fill: ``(y, known) -> image``, a classical answer from the measured pixels
-            (inpainting: biharmonic), which a run with ``RunConfig.holdout`` weighs the net's
-            fill against (``dip_engine.blend``); ``None``: the task has none.
+        classical_answer: ``(y, known, noise_sigma) -> image``, the classical answer made from the
+            ``known`` pixels of ``y`` only (inpainting: biharmonic; denoising: NL-means), which a run
+            with ``RunConfig.holdout`` weighs the net's answer against (``dip_engine.blend``);
+            ``None``: the task has none.
     """
 
     name: TaskName
@@ -168,7 +173,7 @@ class Problem:
     output_size: Callable[[RestoreSpec, int, int], tuple[int, int]] = _same_size
     exact_where_measured: bool = False
     assumed_noise_sigma: float | None = None
-    classical_fill: Callable[[np.ndarray, np.ndarray], np.ndarray] | None = None
+    classical_answer: Callable[[np.ndarray, np.ndarray, float], np.ndarray] | None = None
 
     def check_uploads(self, spec: RestoreSpec, uploads: frozenset[str]) -> None:
         """Refuse extra files this task does not take, then the task's own checks."""
@@ -188,9 +193,10 @@ class Problem:
 
 
 def _denoise_operator(spec: RestoreSpec, data: OperatorData) -> Physics:
-    from .physics import Denoising
+    from .physics import Denoising, Inpainting
 
-    return Denoising()
+    # A mask here marks the pixels held out of the fit (RunConfig.holdout): the net fits the others.
+    return Denoising() if data.mask is None else Inpainting(data.mask)
 
 
 def _denoise_measure(spec: RestoreSpec, loaded: LoadedImage, files: TaskFiles) -> Measurement:
@@ -201,8 +207,29 @@ def _denoise_measure(spec: RestoreSpec, loaded: LoadedImage, files: TaskFiles) -
     return Measurement(y=y, output_size=pixels.shape[:2], reference=reference, alpha=loaded.alpha, degraded=y, baseline=y)
 
 
+def _nl_means(y: np.ndarray, known: np.ndarray, noise_sigma: float) -> np.ndarray:
+    """Non-local means at the textbook setting for the noise level (h = 0.8 sigma, 5x5 patches,
+    13x13 search, slow mode: the baseline of docs/benchmarks.md). Pixels not ``known`` are first
+    filled with the mean of their known 3x3 neighbours, so that the answer there owes nothing to
+    their measured values (what scoring on held-out pixels needs)."""
+    from scipy.ndimage import uniform_filter
+    from skimage.restoration import denoise_nl_means
+
+    image = y.astype(np.float64)
+    if not known.all():
+        weight = uniform_filter(known.astype(np.float64), size=3, mode="mirror")[..., None]
+        local = uniform_filter(image * known[..., None], size=(3, 3, 1), mode="mirror") / np.maximum(weight, 1e-12)
+        image = np.where(known[..., None], image, local)
+    sigma = max(noise_sigma, 1e-6)
+    colour = image.shape[-1] == 3
+    out = denoise_nl_means(image if colour else image[..., 0], h=0.8 * sigma, sigma=sigma, fast_mode=False,
+                           patch_size=5, patch_distance=6, channel_axis=-1 if colour else None)
+    return np.clip(out.reshape(y.shape), 0.0, 1.0).astype(np.float32)
+
+
 def _denoising_loop(*, fast_net: NetConfig, full_net: NetConfig, iterations: int, fast_iterations: int | SizeCap,
-                    fast_ema: float = 0.995, fast_stop: EarlyStopConfig = FAST_STOP) -> Mapping[str, PresetFn]:
+                    fast_ema: float = 0.995, fast_stop: EarlyStopConfig = FAST_STOP,
+                    fast_holdout: float = 0.0) -> Mapping[str, PresetFn]:
     """The presets of the denoising notebook's loop (jitter 1/30, averaging, backtracking) on
     given nets: denoising, JPEG artefacts and deblurring differ only in these arguments. The fast
     preset's cap is fixed, or grows with the image."""
@@ -211,7 +238,8 @@ def _denoising_loop(*, fast_net: NetConfig, full_net: NetConfig, iterations: int
 
     return {
         "fast": lambda spec, context: RunConfig(fast_net, fast_fit(iterations=fast_cap(context), reg_noise_std=1 / 30,
-                                                                   ema=fast_ema, early_stop=fast_stop)),
+                                                                   ema=fast_ema, early_stop=fast_stop),
+                                                holdout=fast_holdout),
         "quality": lambda spec, _: RunConfig(full_net, FitConfig(iterations=iterations, reg_noise_std=1 / 30,
                                                                  early_stop=PAPER_STOP)),
         "paper": lambda spec, _: RunConfig(full_net, paper_fit(iterations=iterations, reg_noise_std=1 / 30,
@@ -220,8 +248,11 @@ def _denoising_loop(*, fast_net: NetConfig, full_net: NetConfig, iterations: int
 
 
 # A longer average (0.995) measured +0.09 dB at the early-stop iterate on 96 px crops (docs/benchmarks.md).
+# 3% of the pixels are held out of the fit to weigh the net's answer against NL-means'
+# (dip_engine.blend): their noise is independent of both answers there.
+DENOISE_HOLDOUT = 0.03
 _DENOISE_PRESETS = _denoising_loop(fast_net=FAST_NET, full_net=HOURGLASS, iterations=3000, fast_iterations=DENOISE_CAP,
-                                   fast_stop=DENOISE_STOP)
+                                   fast_stop=DENOISE_STOP, fast_holdout=DENOISE_HOLDOUT)
 
 
 # -- super-resolution -----------------------------------------------------------------
@@ -316,7 +347,7 @@ def _inpaint_measure(spec: RestoreSpec, loaded: LoadedImage, files: TaskFiles) -
                        degraded=y, baseline=y)
 
 
-def _biharmonic_fill(y: np.ndarray, known: np.ndarray) -> np.ndarray:
+def _biharmonic_fill(y: np.ndarray, known: np.ndarray, noise_sigma: float) -> np.ndarray:
     from skimage.restoration import inpaint_biharmonic
 
     return np.clip(inpaint_biharmonic(y.astype(np.float64), ~known, channel_axis=-1), 0.0, 1.0).astype(np.float32)
@@ -422,7 +453,7 @@ PROBLEMS: Mapping[str, Problem] = MappingProxyType({
     "denoise": Problem(
         name="denoise", description="remove Gaussian-like noise", output="dip_denoised.png",
         operator=_denoise_operator, measure=_denoise_measure, presets=_DENOISE_PRESETS,
-        fields=frozenset({"add_noise_sigma"})),
+        fields=frozenset({"add_noise_sigma"}), classical_answer=_nl_means),
     "superres": Problem(
         name="superres", description="upscale by 2, 4 or 8", output="dip_superres_x{scale}.png",
         operator=_superres_operator, measure=_superres_measure, presets=_SUPERRES_PRESETS,
@@ -438,7 +469,7 @@ PROBLEMS: Mapping[str, Problem] = MappingProxyType({
         # The known pixels are taken as exact, as a low-resolution image is: the wavelet estimate read
         # fine texture as noise above 5/255 (boat, fingerprint, hill), so their known pixels were not
         # kept and the gate stopped them early (docs/benchmarks.md, "Inpainting"). Noisy photos give noise_sigma.
-        exact_where_measured=True, assumed_noise_sigma=0.0, classical_fill=_biharmonic_fill),
+        exact_where_measured=True, assumed_noise_sigma=0.0, classical_answer=_biharmonic_fill),
     "dejpeg": Problem(
         name="dejpeg", description="remove JPEG compression artefacts", output="dip_dejpeg.png",
         operator=_denoise_operator, measure=_dejpeg_measure, presets=_DEJPEG_PRESETS,

@@ -328,13 +328,16 @@ def _keeps_measured(spec: RestoreSpec, measurement: Measurement, noise_sigma: fl
 
 
 def _held_out(spec: RestoreSpec, run: RunConfig, measurement: Measurement, *, noise_sigma: float) -> np.ndarray | None:
-    """The known pixels kept from the net to weigh its fill against the task's classical one: only
-    where the answer keeps the known pixels (noisy ones would be no clean validation set) and the
-    task has a classical fill."""
-    if not (run.holdout and get_problem(spec.task).classical_fill and _keeps_measured(spec, measurement, noise_sigma)):
+    """The measured pixels kept from the net to weigh its answer against the task's classical one.
+    They validate where their values are independent of both answers: exact (inpainting's known
+    pixels, kept as measured) or with noise of their own (denoising's white noise). Noisy known
+    pixels of inpainting are not held out: the answer would not keep them."""
+    problem = get_problem(spec.task)
+    if not (run.holdout and problem.classical_answer):
         return None
-    assert measurement.mask is not None
-    held = hold_out(measurement.mask, run.holdout, numpy_rng(spec.seed, "holdout"))
+    if problem.exact_where_measured and not _keeps_measured(spec, measurement, noise_sigma):
+        return None
+    held = hold_out(measurement.known, run.holdout, numpy_rng(spec.seed, "holdout"))
     return held if held.any() else None
 
 
@@ -352,22 +355,22 @@ def _finish(prepared: _Prepared, fitted: FitResult, wall_s: float) -> RestoreRes
 
 
 def _answer(prepared: _Prepared, fitted: FitResult) -> FitResult:
-    """Where the measurement is exact (inpainting's known pixels, no noise), the outputs take
-    the measured values: the net only approximates them, and they are the truth. A run that held
-    pixels out fills the missing ones with its blend of the net and the classical fill."""
+    """The outputs as written. A run that held pixels out answers with its blend of the net and
+    the classical answer; where the measurement is exact (inpainting's known pixels, no noise),
+    the outputs take the measured values: the net only approximates them, and they are the truth."""
     measurement = prepared.measurement
     keep = _keeps_measured(prepared.spec, measurement, prepared.setup["noise_sigma_estimate"])
     prepared.setup["kept_measured"] = keep
-    if not keep:
+    blend = _blend(prepared) if prepared.held is not None else None
+    if blend is None and not keep:
         return fitted
-    known = torch.from_numpy(np.ascontiguousarray(measurement.mask))[None, None].to(prepared.device)
+    known = torch.from_numpy(np.ascontiguousarray(measurement.known))[None, None].to(prepared.device)
     y = _to_tensor(measurement.y, prepared.device)
-    fill = _blend(prepared) if prepared.held is not None else None
 
     def answer(output: Tensor) -> Tensor:
-        if fill is not None:
-            output = _to_tensor(fill(_to_array(output)), prepared.device).to(output.dtype)
-        return torch.where(known, y, output)
+        if blend is not None:
+            output = _to_tensor(blend(_to_array(output)), prepared.device).to(output.dtype)
+        return torch.where(known, y, output) if keep else output
 
     output = answer(fitted.output)  # first: its blend is the one setup reports
     best = answer(fitted.best)
@@ -377,22 +380,23 @@ def _answer(prepared: _Prepared, fitted: FitResult) -> FitResult:
 
 
 def _blend(prepared: _Prepared) -> Callable[[np.ndarray], np.ndarray]:
-    """The net's output -> its blend with the classical fill, the weight chosen on the held-out
+    """The net's output -> its blend with the classical answer, the weight chosen on the held-out
     pixels for each output (``dip_engine.blend``); the output's choice goes into ``setup``."""
     measurement, held = prepared.measurement, prepared.held
-    assert measurement.mask is not None and held is not None
-    classical = get_problem(prepared.spec.task).classical_fill
+    assert held is not None
+    classical = get_problem(prepared.spec.task).classical_answer
     assert classical is not None
+    sigma = prepared.setup["noise_sigma_estimate"]
     without = measurement.without(held)
-    fill_held = classical(without.y, without.mask)
-    fill_all = classical(measurement.y, measurement.mask)
+    classical_held = classical(without.y, without.known, sigma)
+    classical_all = classical(measurement.y, measurement.known, sigma)
 
-    def fill(output: np.ndarray) -> np.ndarray:
-        blend = weigh(output, fill_held, measurement.y, held)
-        prepared.setup.setdefault("blend", {"holdout": prepared.run.holdout} | asdict(blend))
-        return blend.apply(output, fill_all).astype(np.float32)
+    def blend(output: np.ndarray) -> np.ndarray:
+        chosen = weigh(output, classical_held, measurement.y, held)
+        prepared.setup.setdefault("blend", {"holdout": prepared.run.holdout} | asdict(chosen))
+        return np.clip(chosen.apply(output, classical_all), 0.0, 1.0).astype(np.float32)
 
-    return fill
+    return blend
 
 
 def _build(

@@ -1,4 +1,5 @@
-"""Tests of dip_engine.blend and of how a run holds known pixels out to weigh the net against biharmonic."""
+"""Tests of dip_engine.blend and of how a run holds measured pixels out to weigh the net against a
+classical answer (inpainting: biharmonic; denoising: NL-means)."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ from skimage.restoration import inpaint_biharmonic
 
 from dip_engine.blend import blend_weight, hold_out, weigh
 from dip_engine.errors import InputError
-from dip_engine.problems import INPAINT_HOLDOUT, INPAINT_HOLDOUT_FROM_SIDE, preset_config
+from dip_engine.problems import DENOISE_HOLDOUT, INPAINT_HOLDOUT, INPAINT_HOLDOUT_FROM_SIDE, get_problem, preset_config
 from dip_engine.restore import RestoreInputs, RestoreRequest, _prepare, restore
 from dip_engine.restore import RestoreLimits
 from dip_engine.spec import RestoreSpec
@@ -146,3 +147,77 @@ def test_a_holdout_out_of_range_is_a_bad_parameter(tmp_path: Path) -> None:
         restore(_spec(), RestoreInputs(source, mask=mask), tmp_path / "out", overrides={"holdout": "0.6"})
     assert caught.value.code == "invalid_parameter" and "holdout" in caught.value.message
     assert not (tmp_path / "out").exists()
+
+
+# -- denoising: the net weighed against NL-means --------------------------------------------
+
+
+def _noisy_scene(tmp_path: Path, side: int = 64) -> tuple[Path, np.ndarray]:
+    """A smooth colour image: the net after a few iterations is far from it, NL-means close."""
+    ys, xs = np.mgrid[0:side, 0:side] / (side - 1)
+    image = np.rint(255 * np.stack([0.2 + 0.6 * xs, 0.3 + 0.4 * ys, 0.5 + 0.3 * np.sin(4 * xs + 3 * ys)], -1))
+    source = tmp_path / "clean.png"
+    Image.fromarray(image.astype(np.uint8)).save(source)
+    return source, image
+
+
+def _denoise(**changes: object) -> RestoreSpec:
+    return _spec(**({"task": "denoise", "add_noise_sigma": 25.0} | changes))
+
+
+def test_the_fast_denoising_preset_holds_out_pixels_at_every_size() -> None:
+    for pixels in (64 * 64, 256 * 256, 512 * 512):
+        assert preset_config("fast", "denoise", pixels=pixels).holdout == DENOISE_HOLDOUT
+    for preset, task in (("quality", "denoise"), ("paper", "denoise"), ("fast", "dejpeg"), ("fast", "deblur")):
+        assert preset_config(preset, task, pixels=256 * 256).holdout == 0.0
+
+
+def test_denoising_fits_all_but_the_held_out_pixels(tmp_path: Path) -> None:
+    source, _ = _noisy_scene(tmp_path)
+    prepared = _prepare(RestoreRequest(_denoise(), RestoreInputs(source), tmp_path / "out"), RestoreLimits())
+    held = prepared.held
+    assert held is not None and held.sum() / held.size == pytest.approx(DENOISE_HOLDOUT, rel=0.35)
+    fitted_mask = prepared.job.physics.mask[0, 0, :64, :64].numpy().astype(bool)
+    assert np.array_equal(fitted_mask, ~held)
+    assert not prepared.job.y[0, :, :64, :64].numpy()[:, held].any()
+    assert prepared.measurement.mask is None  # the answer's measurement is the whole noisy image
+
+
+def test_nl_means_without_the_held_pixels_owes_nothing_to_their_values() -> None:
+    rng = np.random.default_rng(4)
+    y = rng.random((32, 32, 3)).astype(np.float32)
+    held = hold_out(np.ones((32, 32), bool), 0.05, np.random.default_rng(5))
+    changed = y.copy()
+    changed[held] = rng.random((int(held.sum()), 3))
+    answer = get_problem("denoise").classical_answer
+    assert answer is not None
+    first, second = answer(y, ~held, 0.1), answer(changed, ~held, 0.1)
+    assert np.array_equal(first, second)
+    # With every pixel measured, the values count.
+    assert not np.array_equal(answer(y, np.ones_like(held), 0.1), answer(changed, np.ones_like(held), 0.1))
+
+
+def test_noise_on_the_held_pixels_leaves_the_weight_unbiased() -> None:
+    # Noise independent of both answers adds the same to both errors: the weight chosen against the
+    # noisy values is the one chosen against the clean ones, up to its sampling spread.
+    rng = np.random.default_rng(6)
+    clean = rng.random((128, 128, 3))
+    net, fill = clean + 0.05 * rng.standard_normal(clean.shape), clean + 0.08 * rng.standard_normal(clean.shape)
+    held = hold_out(np.ones((128, 128), bool), 0.5, np.random.default_rng(7))
+    noisy = clean + 0.1 * rng.standard_normal(clean.shape)
+    on_clean, on_noisy = weigh(net, fill, clean, held).alpha, weigh(net, fill, noisy, held).alpha
+    assert on_clean == pytest.approx(0.08**2 / (0.05**2 + 0.08**2), abs=0.03)
+    assert on_noisy == pytest.approx(on_clean, abs=0.05)
+
+
+def test_a_denoising_answer_leans_on_nl_means_where_the_net_is_far(tmp_path: Path) -> None:
+    source, image = _noisy_scene(tmp_path)
+    blended = restore(_denoise(), RestoreInputs(source), tmp_path / "blend")
+    alone = restore(_denoise(), RestoreInputs(source), tmp_path / "alone", overrides={"holdout": "0"})
+    blend = blended.metrics["setup"]["blend"]
+    assert "blend" not in alone.metrics["setup"] and not blended.metrics["setup"]["kept_measured"]
+    # Six iterations leave the net far from the image, which NL-means denoises well.
+    assert blend["alpha"] < 0.2 and blend["psnr_fill"] > blend["psnr_net"] + 3
+    written = np.asarray(Image.open(blended.files["result"]).convert("RGB"))
+    net_only = np.asarray(Image.open(alone.files["result"]).convert("RGB"))
+    assert _psnr(written, image) > _psnr(net_only, image) + 5
