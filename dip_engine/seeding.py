@@ -24,7 +24,7 @@ import numpy as np
 if TYPE_CHECKING:  # torch stays optional here: the API validates requests without it
     import torch
 
-Stream = Literal["input", "weights", "jitter", "noise", "mask", "jpeg", "holdout"]
+Stream = Literal["input", "weights", "jitter", "noise", "mask", "jpeg", "holdout", "divergence"]
 
 
 def stream_seed(seed: int, stream: Stream) -> int:

@@ -8,9 +8,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 from PIL import Image
+from scipy.ndimage import uniform_filter
 from skimage.restoration import inpaint_biharmonic
 
-from dip_engine.blend import blend_weight, hold_out, weigh
+from dip_engine.blend import blend_weight, hold_out, stein, weigh
 from dip_engine.errors import InputError
 from dip_engine.problems import DENOISE_HOLDOUT, INPAINT_HOLDOUT, INPAINT_HOLDOUT_FROM_SIDE, get_problem, preset_config
 from dip_engine.restore import RestoreInputs, RestoreRequest, _prepare, restore
@@ -218,6 +219,41 @@ def test_a_denoising_answer_leans_on_nl_means_where_the_net_is_far(tmp_path: Pat
     assert "blend" not in alone.metrics["setup"] and not blended.metrics["setup"]["kept_measured"]
     # Six iterations leave the net far from the image, which NL-means denoises well.
     assert blend["alpha"] < 0.2 and blend["psnr_fill"] > blend["psnr_net"] + 3
+    # Noisy held-out values: the weight is the mean of the two estimates.
+    assert blend["alpha_stein"] is not None
+    assert blend["alpha"] == pytest.approx((blend["alpha_without"] + blend["alpha_stein"]) / 2)
     written = np.asarray(Image.open(blended.files["result"]).convert("RGB"))
     net_only = np.asarray(Image.open(alone.files["result"]).convert("RGB"))
     assert _psnr(written, image) > _psnr(net_only, image) + 5
+
+
+def test_the_divergence_is_exact_for_a_linear_answer() -> None:
+    rng = np.random.default_rng(8)
+    y = rng.random((24, 24, 3)).astype(np.float32)
+    held = hold_out(np.ones((24, 24), bool), 0.1, np.random.default_rng(9))
+    entries = 3 * int(held.sum())
+    assert stein(lambda v: 0.25 * v, y, held, 0.1, rng).divergence == pytest.approx(0.25 * entries, rel=1e-3)
+    # A 3x3 mean takes a ninth of each pixel's own value, whatever the others do.
+    box = lambda v: uniform_filter(v.astype(np.float64), size=(3, 3, 1), mode="mirror")
+    assert stein(box, y, held, 0.1, rng).divergence == pytest.approx(entries / 9, rel=0.02)
+
+
+def test_steins_term_takes_out_an_answers_dependence_on_the_noise() -> None:
+    # An answer that keeps half of each pixel's noise looks better against the noisy values than it
+    # is; the corrected weight is the one the clean image gives.
+    rng = np.random.default_rng(10)
+    clean = rng.random((128, 128, 3))
+    noise = 0.1 * rng.standard_normal(clean.shape)
+    net = clean + 0.06 * rng.standard_normal(clean.shape)
+    own_error = 0.02 * rng.standard_normal(clean.shape)
+    classical = lambda v: 0.5 * v + 0.5 * clean + own_error
+    held = hold_out(np.ones((128, 128), bool), 0.3, np.random.default_rng(11))
+    noisy = stein(classical, clean + noise, held, 0.1, np.random.default_rng(12))
+    on_clean = blend_weight(net[held], noisy.answer[held], clean[held])
+    naive = blend_weight(net[held], noisy.answer[held], (clean + noise)[held])
+    corrected = blend_weight(net[held], noisy.answer[held], (clean + noise)[held], correction=noisy.correction)
+    assert corrected == pytest.approx(on_clean, abs=0.03)
+    assert naive < on_clean - 0.1
+    # With both estimates, the weight is their mean.
+    blend = weigh(net, classical(clean + noise), clean + noise, held, noisy=noisy)
+    assert blend.alpha == pytest.approx((blend.alpha_without + blend.alpha_stein) / 2)
