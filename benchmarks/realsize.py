@@ -202,29 +202,43 @@ def _kept_psnr_along_the_run(work: Path, clean: np.ndarray, every: int = 250) ->
             for iteration, snap in sorted(snapshots.items()) if iteration % every == 0}
 
 
+class DenoiseBlend:
+    """The engine's denoising blend rebuilt from a kept run (its held-out pixels, its NL-means with
+    and without them, the same Stein probe), to apply to any of the run's snapshots."""
+
+    def __init__(self, work: Path, spec: RestoreSpec, metrics: dict) -> None:
+        from dip_engine.blend import hold_out, stein
+        from dip_engine.problems import build_measurement, get_problem
+        from dip_engine.seeding import numpy_rng
+
+        self.y = build_measurement(spec, work / "clean.png").y
+        known = np.ones(self.y.shape[:2], dtype=bool)
+        self.held = hold_out(known, metrics["config"]["holdout"], numpy_rng(spec.seed, "holdout"))
+        answer, sigma = get_problem("denoise").classical_answer, metrics["summary"]["noise_sigma_estimate"]
+        assert answer is not None
+        self.without = answer(self.y * ~self.held[..., None], ~self.held, sigma)
+        self.noisy = stein(lambda y: answer(y, known, sigma), self.y, self.held, sigma,
+                           numpy_rng(spec.seed, "divergence"))
+
+    def answer(self, net: np.ndarray, alpha: float | None = None) -> tuple[float, np.ndarray]:
+        """The engine's weight for ``net`` (or the ``alpha`` given) and the answer it gives."""
+        from dip_engine.blend import weigh
+
+        if alpha is None:
+            alpha = weigh(net, self.without, self.y, self.held, noisy=self.noisy).alpha
+        return alpha, np.clip(alpha * net + (1 - alpha) * self.noisy.answer, 0, 1)
+
+
 def _blended_psnr_along_the_run(work: Path, clean: np.ndarray, spec: RestoreSpec, metrics: dict,
                                 every: int = 250) -> dict[int, float]:
     """A denoising answer blends the net with NL-means, weighed on the held-out pixels: the answer's
     PSNR at every ``every`` iterations, as the engine would have blended each snapshot (8-bit, as
     written) had the run ended there."""
-    from dip_engine.blend import hold_out, weigh
-    from dip_engine.problems import build_measurement, get_problem
-    from dip_engine.seeding import numpy_rng
-
     truth = clean.astype(np.float32) / 255.0
-    y = build_measurement(spec, work / "clean.png").y
-    known = np.ones(y.shape[:2], dtype=bool)
-    held = hold_out(known, metrics["config"]["holdout"], numpy_rng(spec.seed, "holdout"))
-    answer, sigma = get_problem("denoise").classical_answer, metrics["summary"]["noise_sigma_estimate"]
-    assert answer is not None
-    without, everything = answer(y * ~held[..., None], ~held, sigma), answer(y, known, sigma)
+    blend = DenoiseBlend(work, spec, metrics)
     snapshots = {int(snap.stem.split("_")[1]): snap for snap in (work / "out" / "snapshots").glob("iter_*.png")}
-    along = {}
-    for iteration, snap in sorted(snapshots.items()):
-        if iteration % every == 0:
-            net = _load(snap)
-            along[iteration] = psnr(np.clip(weigh(net, without, y, held).apply(net, everything), 0, 1), truth)
-    return along
+    return {iteration: psnr(blend.answer(_load(snap))[1], truth)
+            for iteration, snap in sorted(snapshots.items()) if iteration % every == 0}
 
 
 def _summary(rows: list[dict], label: str) -> str:
