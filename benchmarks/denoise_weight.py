@@ -22,9 +22,9 @@ from pathlib import Path
 
 import numpy as np
 
-from realsize import DenoiseBlend, _load, psnr
+from realsize import DenoiseBlend, _load, psnr, snapshots
 
-from dip_engine.blend import blend_weight, weigh
+from dip_engine.blend import blend_weight
 from dip_engine.spec import RestoreSpec
 
 RULES = ("without", "stein", "rule", "clean")
@@ -33,17 +33,17 @@ RULES = ("without", "stein", "rule", "clean")
 def reweigh(work: Path, sigma: float, seed: int) -> dict:
     metrics = json.loads((work / "out" / "metrics.json").read_text())
     at = metrics["summary"]["output_iteration"]
-    snapshots = {int(p.stem.split("_")[1]): p for p in (work / "out" / "snapshots").glob("iter_*.png")}
-    net = _load(snapshots[max(i for i in snapshots if i <= at)])
+    kept = snapshots(work)
+    net = _load(kept[max(i for i in kept if i <= at)])
     truth = _load(work / "clean.png")
     blend = DenoiseBlend(work, RestoreSpec(task="denoise", add_noise_sigma=sigma, seed=seed), metrics)
-    chosen = weigh(net, blend.without, blend.y, blend.held, noisy=blend.noisy)
+    chosen, nl_means = blend.weigh(net), blend.answers.everything
     alphas = {"without": chosen.alpha_without, "stein": chosen.alpha_stein, "rule": chosen.alpha,
-              "clean": blend_weight(net, blend.noisy.answer, truth)}
-    row = {"image": work.name.split("-", 1)[1], "net": psnr(net, truth), "nlm_engine": psnr(blend.noisy.answer, truth)}
+              "clean": blend_weight(net, nl_means, truth)}
+    row = {"image": work.name.split("-", 1)[1], "net": psnr(net, truth), "nlm_engine": psnr(nl_means, truth)}
     for rule, alpha in alphas.items():
         row[f"alpha_{rule}"] = alpha
-        row[rule] = psnr(blend.answer(net, alpha)[1], truth)
+        row[rule] = psnr(blend.answer(net, alpha), truth)
     return row
 
 

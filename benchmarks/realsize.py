@@ -32,11 +32,13 @@ import json
 import sys
 import tempfile
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
 
+from dip_engine.blend import Blend
 from dip_engine.callbacks import Callback, FitState
 from dip_engine.history import LogRecord
 from dip_engine.restore import RestoreInputs, restore
@@ -191,42 +193,47 @@ def _net_psnr(metrics: dict) -> float | None:
     return logged[-1]["psnr_avg" if metrics["config"]["fit"]["output"] == "ema" else "psnr"]
 
 
+def snapshots(work: Path) -> dict[int, Path]:
+    """A kept run's snapshots by iteration."""
+    return {int(snap.stem.split("_")[1]): snap for snap in (work / "out" / "snapshots").glob("iter_*.png")}
+
+
 def _kept_psnr_along_the_run(work: Path, clean: np.ndarray, every: int = 250) -> dict[int, float]:
     """Inpainting's answer keeps the known pixels, so the logged PSNR (of the net's whole output)
     can rise while the missing pixels get worse: the answer's PSNR at every ``every`` iterations,
     from the run's snapshots with the known pixels put back."""
     truth = clean.astype(np.float32) / 255.0
     masked, known = _load(work / "masked.png"), _load(work / "mask.png")[..., :1] > 0.5
-    snapshots = {int(snap.stem.split("_")[1]): snap for snap in (work / "out" / "snapshots").glob("iter_*.png")}
     return {iteration: psnr(np.where(known, masked, _load(snap)), truth)
-            for iteration, snap in sorted(snapshots.items()) if iteration % every == 0}
+            for iteration, snap in sorted(snapshots(work).items()) if iteration % every == 0}
 
 
 class DenoiseBlend:
-    """The engine's denoising blend rebuilt from a kept run (its held-out pixels, its NL-means with
-    and without them, the same Stein probe), to apply to any of the run's snapshots."""
+    """The engine's denoising blend rebuilt from a kept run (its held-out pixels and its classical
+    answers, ``dip_engine.blend.classical_answers`` with the run's streams), to apply to any of the
+    run's snapshots."""
 
     def __init__(self, work: Path, spec: RestoreSpec, metrics: dict) -> None:
-        from dip_engine.blend import hold_out, stein
+        from dip_engine.blend import classical_answers, hold_out
         from dip_engine.problems import build_measurement, get_problem
         from dip_engine.seeding import numpy_rng
 
         self.y = build_measurement(spec, work / "clean.png").y
         known = np.ones(self.y.shape[:2], dtype=bool)
         self.held = hold_out(known, metrics["config"]["holdout"], numpy_rng(spec.seed, "holdout"))
-        answer, sigma = get_problem("denoise").classical_answer, metrics["summary"]["noise_sigma_estimate"]
-        assert answer is not None
-        self.without = answer(self.y * ~self.held[..., None], ~self.held, sigma)
-        self.noisy = stein(lambda y: answer(y, known, sigma), self.y, self.held, sigma,
-                           numpy_rng(spec.seed, "divergence"))
+        classical = get_problem("denoise").classical_answer
+        assert classical is not None
+        self.answers = classical_answers(classical, self.y, known, self.held,
+                                         metrics["summary"]["noise_sigma_estimate"], numpy_rng(spec.seed, "divergence"))
 
-    def answer(self, net: np.ndarray, alpha: float | None = None) -> tuple[float, np.ndarray]:
-        """The engine's weight for ``net`` (or the ``alpha`` given) and the answer it gives."""
-        from dip_engine.blend import weigh
+    def weigh(self, net: np.ndarray) -> Blend:
+        """The engine's weight for ``net``."""
+        return self.answers.weigh(net, self.y, self.held)
 
-        if alpha is None:
-            alpha = weigh(net, self.without, self.y, self.held, noisy=self.noisy).alpha
-        return alpha, np.clip(alpha * net + (1 - alpha) * self.noisy.answer, 0, 1)
+    def answer(self, net: np.ndarray, alpha: float | None = None) -> np.ndarray:
+        """The answer with the engine's weight for ``net``, or with ``alpha``."""
+        chosen = self.weigh(net)
+        return self.answers.blend(net, chosen if alpha is None else replace(chosen, alpha=alpha))
 
 
 def _blended_psnr_along_the_run(work: Path, clean: np.ndarray, spec: RestoreSpec, metrics: dict,
@@ -236,9 +243,8 @@ def _blended_psnr_along_the_run(work: Path, clean: np.ndarray, spec: RestoreSpec
     written) had the run ended there."""
     truth = clean.astype(np.float32) / 255.0
     blend = DenoiseBlend(work, spec, metrics)
-    snapshots = {int(snap.stem.split("_")[1]): snap for snap in (work / "out" / "snapshots").glob("iter_*.png")}
-    return {iteration: psnr(blend.answer(_load(snap))[1], truth)
-            for iteration, snap in sorted(snapshots.items()) if iteration % every == 0}
+    return {iteration: psnr(blend.answer(_load(snap)), truth)
+            for iteration, snap in sorted(snapshots(work).items()) if iteration % every == 0}
 
 
 def _summary(rows: list[dict], label: str) -> str:

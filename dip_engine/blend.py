@@ -16,7 +16,7 @@ never fitted them either), so its weight leans to the net; the classical answer 
 them, its dependence on their noise taken out by Stein's unbiased risk estimate (a
 Monte-Carlo divergence), is scored against a net that never saw them, so its weight leans
 to the classical answer. The two bracket the clean image's weight, and their mean is the
-weight taken (:func:`weigh`, ``noisy``).
+weight taken (:func:`weigh`, ``noisy``). :func:`classical_answers` makes what both need.
 """
 
 from __future__ import annotations
@@ -27,7 +27,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-__all__ = ["Blend", "Stein", "blend_weight", "hold_out", "stein", "weigh"]
+from .noise import NOISE_FREE_SIGMA
+
+__all__ = ["Answers", "Blend", "Stein", "blend_weight", "classical_answers", "hold_out", "stein", "weigh"]
 
 
 def hold_out(known: np.ndarray, fraction: float, rng: np.random.Generator) -> np.ndarray:
@@ -145,3 +147,49 @@ def weigh(net: np.ndarray, fill: np.ndarray, truth: np.ndarray, held: np.ndarray
     return Blend(alpha=alpha, held_pixels=int(held.sum()), psnr_net=_psnr(net_h, truth_h),
                  psnr_fill=_psnr(fill_h, truth_h), psnr_blend=_psnr(alpha * net_h + (1 - alpha) * fill_h, truth_h),
                  alpha_without=without, alpha_stein=with_stein)
+
+
+@dataclass(frozen=True)
+class Answers:
+    """The classical answers a net's output is weighed against and blended with.
+
+    Attributes:
+        without: made without the held-out pixels (scored on them).
+        everything: made from every measured pixel (the one the blend uses).
+        noisy: ``everything`` with its divergence on the held-out pixels, for noisy measurements
+            (``None``: exact ones).
+    """
+
+    without: np.ndarray
+    everything: np.ndarray
+    noisy: Stein | None = None
+
+    def weigh(self, net: np.ndarray, truth: np.ndarray, held: np.ndarray) -> Blend:
+        return weigh(net, self.without, truth, held, noisy=self.noisy)
+
+    def blend(self, net: np.ndarray, chosen: Blend) -> np.ndarray:
+        return np.clip(chosen.apply(net, self.everything), 0.0, 1.0).astype(np.float32)
+
+
+def classical_answers(classical: Callable[[np.ndarray, np.ndarray, float], np.ndarray], y: np.ndarray,
+                      known: np.ndarray, held: np.ndarray, noise_sigma: float, rng: np.random.Generator) -> Answers:
+    """The classical answers for a measurement whose ``held`` pixels were kept from the net.
+
+    Args:
+        classical: ``(y, known, noise_sigma) -> image`` from the ``known`` pixels only
+            (``Problem.classical_answer``).
+        y: (H, W, C) measurement.
+        known: (H, W) bool, its measured pixels.
+        held: (H, W) bool, the held-out ones among them.
+        noise_sigma: the noise level of the measured values (0-1 scale): above
+            ``NOISE_FREE_SIGMA`` the Stein-corrected weight is made too.
+        rng: the Stein probe's signs.
+    """
+    kept = known & ~held
+    without = classical(y * kept[..., None], kept, noise_sigma)
+    everything = classical(y, known, noise_sigma)
+    noisy = None
+    if noise_sigma > NOISE_FREE_SIGMA:
+        noisy = stein(lambda values: classical(values, known, noise_sigma), y, held, noise_sigma, rng,
+                      answer=everything)
+    return Answers(without=without, everything=everything, noisy=noisy)

@@ -26,7 +26,7 @@ from .callbacks import Callback
 from .config import NetConfig, RunConfig
 from .errors import InputError
 from .batched import BatchJob, fit_batch
-from .blend import hold_out, stein, weigh
+from .blend import classical_answers, hold_out
 from .fit import CheckpointConfig, FitResult, fit
 from .hardware import resolve_precision
 from .io import pad_to_multiple, save_image
@@ -386,19 +386,13 @@ def _blend(prepared: _Prepared) -> Callable[[np.ndarray], np.ndarray]:
     assert held is not None
     classical = get_problem(prepared.spec.task).classical_answer
     assert classical is not None
-    sigma = prepared.setup["noise_sigma_estimate"]
-    without = measurement.without(held)
-    classical_held = classical(without.y, without.known, sigma)
-    classical_all = classical(measurement.y, measurement.known, sigma)
-    noisy = None
-    if sigma > NOISE_FREE_SIGMA:
-        noisy = stein(lambda y: classical(y, measurement.known, sigma), measurement.y, held, sigma,
-                      numpy_rng(prepared.spec.seed, "divergence"), answer=classical_all)
+    answers = classical_answers(classical, measurement.y, measurement.known, held,
+                                prepared.setup["noise_sigma_estimate"], numpy_rng(prepared.spec.seed, "divergence"))
 
     def blend(output: np.ndarray) -> np.ndarray:
-        chosen = weigh(output, classical_held, measurement.y, held, noisy=noisy)
+        chosen = answers.weigh(output, measurement.y, held)
         prepared.setup.setdefault("blend", {"holdout": prepared.run.holdout} | asdict(chosen))
-        return np.clip(chosen.apply(output, classical_all), 0.0, 1.0).astype(np.float32)
+        return answers.blend(output, chosen)
 
     return blend
 
