@@ -62,6 +62,11 @@ def main(argv: list[str] | None = None) -> int:
         "engine, fp32, channels last": replace(base, precision="fp32", channels_last=True),
         "engine, bf16, NCHW": replace(base, precision="bf16", channels_last=False),
     }
+    if device.type == "cuda":
+        # The capture (three warm-up passes and the recording) is inside the timed block.
+        variants[f"engine, `--preset {args.preset}` + CUDA graph"] = replace(base, cuda_graph=True)
+        variants["engine, fp32, channels last + CUDA graph"] = replace(base, precision="fp32", channels_last=True,
+                                                                       cuda_graph=True)
     speeds: dict[str, list[float]] = {"reference-style loop": []} | {name: [] for name in variants}
     for _ in range(args.blocks):
         speeds["reference-style loop"].append(reference_loop(build_from_config(run.net, out_channels=3).to(device),

@@ -86,7 +86,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--smoke", action="store_true", help="64 px crops, 1 image per task, 20 iterations")
     parser.add_argument("--data", type=Path, default=DEFAULT_DATA)
     parser.add_argument("--json", type=Path)
+    parser.add_argument("--set", action="append", default=[], metavar="PATH=VALUE",
+                        help="override a field of every preset, as `dip restore --set` (e.g. fit.cuda_graph=true)")
     args = parser.parse_args(argv)
+    overrides = dict(item.split("=", 1) for item in args.set) or None
     if args.smoke:
         args.images, args.iterations = 1, args.iterations or 20
 
@@ -99,7 +102,8 @@ def main(argv: list[str] | None = None) -> int:
                 row = {"task": task, "image": path.stem}
                 for preset in args.presets:
                     started = time.monotonic()
-                    result = restore(spec_for(task, preset, args), RestoreInputs(source), Path(tmp) / f"{task}-{path.stem}-{preset}")
+                    result = restore(spec_for(task, preset, args), RestoreInputs(source), Path(tmp) / f"{task}-{path.stem}-{preset}",
+                                     overrides=overrides)
                     row[preset] = score(task, result.metrics["summary"], result.metrics["history"])
                     row[f"{preset}_s"] = round(time.monotonic() - started, 1)
                     row[f"{preset}_it"] = result.metrics["summary"]["iterations"]

@@ -184,6 +184,10 @@ class FitConfig:
             device has bf16 hardware (:func:`dip_engine.hardware.bf16_is_fast`), else fp32.
         channels_last: keep the network's activations in NHWC layout, which oneDNN and
             cuDNN convolutions prefer.
+        cuda_graph: on a CUDA device, capture the forward and backward pass once and replay
+            it each step (:class:`dip_engine.cuda_graph.GraphedStep`), one launch instead of
+            hundreds; the optimiser step, backtracking and logging stay eager. Ignored on
+            other devices.
     """
 
     iterations: int = 3000
@@ -201,6 +205,7 @@ class FitConfig:
     max_snapshots: int = 100
     precision: Literal["fp32", "bf16", "auto"] = "fp32"
     channels_last: bool = False
+    cuda_graph: bool = False
 
     def __post_init__(self) -> None:
         if self.iterations < 1:

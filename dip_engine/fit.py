@@ -23,6 +23,7 @@ from torch import Tensor, nn
 from .callbacks import Callback, FitState
 from .checkpoint import load_checkpoint, restore_generator, save_checkpoint
 from .config import FitConfig
+from .cuda_graph import GraphedStep
 from .early_stopping import EarlyStopping
 from .hardware import resolve_precision
 from .history import LogRecord
@@ -289,14 +290,22 @@ def fit(
 
     bf16 = resolve_precision(config.precision, device) == "bf16"
 
+    graphed = config.cuda_graph and device.type == "cuda"
+
     def forward(code: Tensor) -> Tensor:
         # The loss and everything downstream stay in float32, whatever the net computes in.
         # The code is cast once here rather than by each first-level convolution (the same
-        # rounding: autocast would cast it to bf16 for each).
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
+        # rounding: autocast would cast it to bf16 for each). A captured graph records the
+        # weights' casts, so autocast's cache (kept across a capture) must be off there.
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16, cache_enabled=not graphed):
             return net(code.to(torch.bfloat16) if bf16 else code).float()
 
+    def forward_loss(code: Tensor) -> tuple[Tensor, Tensor]:
+        out = forward(code)
+        return out, torch.mean((physics.A(out) - y) ** 2)
+
     jitter = _Jitter(z, config.reg_noise_std, generator)
+    step = GraphedStep(forward_loss, net, z) if graphed else None
 
     def backtrack_due(iteration: int) -> bool:
         if config.backtrack_rule == "reference":
@@ -310,10 +319,12 @@ def fit(
     iteration = start
     while iteration < config.iterations and state.stop_reason is None:
         iteration += 1
-        out = forward(jitter())
-        loss = torch.mean((physics.A(out) - y) ** 2)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
+        if step is not None:
+            out, loss = step(jitter())
+        else:
+            out, loss = forward_loss(jitter())
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
         if backtracker is not None and backtrack_due(iteration):
             psnr_deg = _psnr_from_mse(loss.item(), measured)
             if backtracker.is_drop(psnr_deg):

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from dataclasses import fields
+from dataclasses import fields, replace
 from pathlib import Path
 
 import numpy as np
@@ -14,6 +14,7 @@ from torch import Tensor, nn
 
 from dip_engine.callbacks import Callback, FitState
 from dip_engine.config import EarlyStopConfig, FitConfig, NetConfig
+from dip_engine.cuda_graph import GraphedStep
 from dip_engine.fit import CheckpointConfig, FitResult, fit
 from dip_engine.history import LogRecord
 from dip_engine.metrics import psnr
@@ -672,6 +673,63 @@ def test_checkpoint_resume_on_cuda(tmp_path: Path) -> None:
         assert rb.loss == pytest.approx(ra.loss, rel=0.05)
         assert rb.psnr_avg == pytest.approx(ra.psnr_avg, abs=0.5)
     assert resumed.last.is_cuda and resumed.iterations == 60
+
+
+@cuda
+@pytest.mark.parametrize("operator", sorted(OPERATORS))
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_a_cuda_graphed_run_follows_the_eager_one(operator: str, precision: str) -> None:
+    device = torch.device("cuda")
+    clean = _clean().to(device)
+    physics = OPERATORS[operator]().to(device)
+    y = physics.A(clean)
+
+    def run(graphed: bool) -> FitResult:
+        return fit(_net().to(device), _z().to(device), y, physics, reference=clean,
+                   config=_config(iterations=60, precision=precision, channels_last=True, cuda_graph=graphed,
+                                  early_stop=EarlyStopConfig(window=5, patience=1000)),
+                   generator=torch.Generator(device=device).manual_seed(2))
+
+    eager, graphed = run(False), run(True)
+    assert [r.iteration for r in graphed.history] == [r.iteration for r in eager.history]
+    for a, b in zip(eager.history, graphed.history):
+        assert b.loss == pytest.approx(a.loss, rel=0.05)
+    assert graphed.history[-1].psnr_avg == pytest.approx(eager.history[-1].psnr_avg, abs=0.3)
+    assert graphed.history[-1].loss < graphed.history[0].loss
+
+
+@cuda
+def test_a_cuda_graphed_run_resumes_and_backtracks(tmp_path: Path) -> None:
+    device = torch.device("cuda")
+    clean, noisy = _clean().to(device), _noisy(_clean()).to(device)
+
+    def run(path: Path, callbacks: list[Callback]) -> FitResult:
+        return fit(_net().to(device), _z().to(device), noisy, Denoising().to(device),
+                   config=replace(_resumable_config(), cuda_graph=True, backtrack_db=0.0, backtrack_every=1),
+                   reference=clean, generator=torch.Generator(device=device).manual_seed(2),
+                   checkpoint=CheckpointConfig(path, every=20), callbacks=callbacks)
+
+    # A drop of more than 0 dB undoes the step: the backtracker restores weights and Adam's moments in
+    # place, under the captured graph, many times in a run.
+    first = run(tmp_path / "a.pt", [StopAt(35)])
+    assert first.stop_reason == "canceled"
+    resumed = run(tmp_path / "a.pt", [])
+    assert resumed.history[:3] == first.history and resumed.iterations == 60
+    assert resumed.backtracks > 0 and all(math.isfinite(r.loss) for r in resumed.history)
+    assert resumed.history[-1].loss < first.history[0].loss
+
+
+def test_cuda_graph_is_ignored_off_cuda() -> None:
+    clean = _clean()
+    noisy = _noisy(clean)
+    plain, asked = (fit(_net(), _z(), noisy, Denoising(), config=_config(iterations=20, cuda_graph=graphed),
+                        generator=_jitter()) for graphed in (False, True))
+    assert torch.equal(plain.last, asked.last)
+
+
+def test_a_cuda_graph_needs_a_cuda_device() -> None:
+    with pytest.raises(ValueError, match="CUDA device"):
+        GraphedStep(lambda code: (code, code.sum()), _net(), _z())
 
 
 # -- precision and layout ------------------------------------------------------------------------
