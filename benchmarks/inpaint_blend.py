@@ -31,6 +31,7 @@ import numpy as np
 from realsize import DEFAULT_DATA, _load, _save, centre_crop, image_sets, psnr
 
 from dip_engine.blend import blend_weight
+from dip_engine.presets import parse_overrides
 from dip_engine.restore import RestoreInputs, restore
 from dip_engine.spec import RestoreSpec
 
@@ -52,7 +53,7 @@ def run_one(path: Path, args: argparse.Namespace, work: Path) -> dict | None:
     spec = RestoreSpec(task="inpaint", seed=args.seed, device=args.device)
     started = time.monotonic()
     # The engine's own holdout is off: the pixels are held out here, through the uploaded mask.
-    overrides = {"holdout": "0"} | dict(item.split("=", 1) for item in args.set)
+    overrides = {"holdout": "0"} | parse_overrides(args.set)
     result = restore(spec, RestoreInputs(image, mask=mask, reference=_save(clean, work / "clean.png")), work / "out",
                      overrides=overrides)
     seconds = time.monotonic() - started

@@ -24,6 +24,7 @@ from pathlib import Path
 
 from PIL import Image
 
+from dip_engine.presets import parse_overrides
 from dip_engine.restore import RestoreInputs, restore
 from dip_engine.spec import RestoreSpec
 
@@ -89,7 +90,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--set", action="append", default=[], metavar="PATH=VALUE",
                         help="override a field of every preset, as `dip restore --set` (e.g. fit.cuda_graph=true)")
     args = parser.parse_args(argv)
-    overrides = dict(item.split("=", 1) for item in args.set) or None
+    overrides = parse_overrides(args.set) or None
     if args.smoke:
         args.images, args.iterations = 1, args.iterations or 20
 

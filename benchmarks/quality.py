@@ -46,6 +46,7 @@ import baselines  # noqa: E402  (benchmarks/baselines.py)
 from dip_engine.degradations import gaussian_kernel  # noqa: E402
 from dip_engine.io import load_image, save_image  # noqa: E402
 from dip_engine.problems import build_measurement  # noqa: E402
+from dip_engine.presets import parse_overrides  # noqa: E402
 from dip_engine.restore import RestoreInputs, restore  # noqa: E402
 from dip_engine.spec import RestoreSpec  # noqa: E402
 
@@ -158,7 +159,7 @@ def run_one(task: str, path: Path, args: argparse.Namespace, work: Path) -> dict
         raise ValueError(f"unknown task {task!r}")
 
     out = work / f"{task}_{path.stem}"
-    overrides = dict(item.split("=", 1) for item in args.set)
+    overrides = parse_overrides(args.set)
     started = time.monotonic()
     result = restore(spec, inputs, out, overrides=overrides)
     seconds = time.monotonic() - started
@@ -208,7 +209,7 @@ def run_real(task: str, path: Path, args: argparse.Namespace, work: Path) -> dic
     """A real input as uploaded (no crop, no reference): only that it runs, and how long it takes."""
     spec = RestoreSpec(task=task, preset=args.preset, iterations=args.iterations, early_stop=args.early_stop,
                        seed=args.seed, device=args.device)
-    overrides = dict(item.split("=", 1) for item in args.set)
+    overrides = parse_overrides(args.set)
     started = time.monotonic()
     result = restore(spec, RestoreInputs(path), work / f"{task}_{path.stem}_real", overrides=overrides)
     s = result.metrics["summary"]

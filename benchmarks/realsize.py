@@ -41,6 +41,7 @@ from PIL import Image
 from dip_engine.blend import Blend
 from dip_engine.callbacks import Callback, FitState
 from dip_engine.history import LogRecord
+from dip_engine.presets import parse_overrides
 from dip_engine.restore import RestoreInputs, restore
 from dip_engine.spec import RestoreSpec
 
@@ -159,7 +160,7 @@ def run_one(task: str, path: Path, args: argparse.Namespace, work: Path) -> dict
         return None
     work.mkdir(parents=True)
     spec, inputs, baseline, baseline_psnr = prepare(task, clean, work, args)
-    overrides = dict(item.split("=", 1) for item in args.set)
+    overrides = parse_overrides(args.set)
     eta = EtaAtAQuarter()
     started = time.monotonic()
     result = restore(spec, inputs, work / "out", callbacks=[eta], overrides=overrides or None)

@@ -89,12 +89,16 @@ def run_restore(args: argparse.Namespace) -> int:
     """Run ``dip restore`` for parsed ``args``; returns the exit status."""
     from .callbacks import ProgressBar
     from .errors import InputError
+    from .presets import parse_overrides
     from .restore import RestoreInputs, restore
     try:
         spec = spec_from_args(args)
         if args.checkpoint_every < 0:
             raise InputError("invalid_parameter", f"--checkpoint-every must be >= 0, got {args.checkpoint_every}")
-        overrides = dict(_parse_override(item) for item in args.overrides)
+        try:
+            overrides = parse_overrides(args.overrides)
+        except ValueError as error:
+            raise InputError("invalid_parameter", str(error)) from None
         result = restore(
             spec, RestoreInputs(args.input, mask=args.mask, kernel=args.kernel, reference=args.reference), args.out,
             callbacks=[ProgressBar(disable=args.quiet or args.json)], checkpoint_every=args.checkpoint_every or None,
@@ -112,15 +116,6 @@ def run_restore(args: argparse.Namespace) -> int:
     else:
         print(_describe(summary, result.files["result"]))
     return 0
-
-
-def _parse_override(item: str) -> tuple[str, str]:
-    from .errors import InputError
-
-    path, sep, value = item.partition("=")
-    if not sep or not path:
-        raise InputError("invalid_parameter", f"--set needs PATH=VALUE, got {item!r}")
-    return path.strip(), value.strip()
 
 
 def _describe(summary: dict, result: Path) -> str:

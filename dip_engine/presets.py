@@ -20,13 +20,14 @@ Three presets, each a function per task in :data:`dip_engine.problems.PROBLEMS`:
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable
 from dataclasses import dataclass, replace
 
 from .config import EarlyStopConfig, FitConfig, NetConfig, RunConfig
 
 __all__ = [
     "DENOISE_CAP", "DENOISE_STOP", "FAST_NET", "FAST_STOP", "HOLES_NET", "HOURGLASS", "NOISE_FREE_CAP", "PAPER_STOP",
-    "SNAIL_NET", "RunConfig", "SizeCap", "apply_overrides", "fast_fit", "paper_fit",
+    "SNAIL_NET", "RunConfig", "SizeCap", "apply_overrides", "fast_fit", "paper_fit", "parse_overrides",
 ]
 
 # The paper's hourglass: 5 levels of 128 channels, skips of 4 (denoising, super-resolution,
@@ -106,6 +107,21 @@ def paper_fit(*, iterations: int, reg_noise_std: float, lr: float = 0.01, averag
                      ema=0.99 if averaged else 0.0, ema_start="first",
                      backtrack_db=5.0 if backtracking else None, backtrack_rule="reference",
                      early_stop=None, output="raw", log_every=100, precision="auto", channels_last=True)
+
+
+def parse_overrides(items: Iterable[str]) -> dict[str, str]:
+    """``--set`` arguments (``"fit.lr=0.005"``) as the mapping :func:`apply_overrides` takes.
+
+    Raises:
+        ValueError: an item without ``PATH=``.
+    """
+    overrides = {}
+    for item in items:
+        path, sep, value = item.partition("=")
+        if not sep or not path.strip():
+            raise ValueError(f"--set needs PATH=VALUE, got {item!r}")
+        overrides[path.strip()] = value.strip()
+    return overrides
 
 
 def apply_overrides(run: RunConfig, overrides: dict[str, object]) -> RunConfig:
